@@ -1,0 +1,125 @@
+"""Cgroup managers: the interface the lifecycle code uses.
+
+The lifecycle never touches cgroup files itself; it asks a manager made by
+`manager_for` (at create) or `manager_from_state` (for every later command).
+
+Order at create:  m = manager_for(spec.linux.cgroups_path, id, systemd)
+                  m.create(); m.apply(spec.linux.resources); m.add_process(pid)
+                  state["cgroup"] = m.to_state()
+Later commands:   m = manager_from_state(state["cgroup"]) then pids()/freeze()/thaw()/
+                  is_frozen()/update(resources)/stats()/oom_kill_count()/kill_all(sig)/
+                  destroy().
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Protocol
+
+from ocirun.errors import OciError
+from ocirun.spec import Resources
+
+
+class CgroupManager(Protocol):
+    mode: str  # "v1", "hybrid" or "unified"
+    cgroups_path: str
+
+    def create(self) -> None:
+        """Make the container's cgroup in every hierarchy (or join it if it exists)."""
+
+    def apply(self, resources: Resources | None) -> None:
+        """Write the resource limits and device rules (runc's default device rules are
+        always added); an unsupported, set resource raises OciError naming it."""
+
+    def update(self, resources: Resources) -> None:
+        """Change live limits: only the fields set in `resources`; devices untouched."""
+
+    def add_process(self, pid: int) -> None:
+        """Move pid into the container's cgroup (every hierarchy)."""
+
+    def pids(self) -> list[int]:
+        """Every pid in the container's cgroup (recursively)."""
+
+    def kill_all(self, signum: int = signal.SIGKILL) -> None:
+        """Signal every process in the cgroup (frozen meanwhile so none escapes)."""
+
+    def freeze(self) -> None:
+        """Freeze and wait until the kernel reports the cgroup frozen."""
+
+    def thaw(self) -> None: ...
+
+    def is_frozen(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot shaped like runc's `events --stats` "data" object."""
+
+    def oom_kill_count(self) -> int:
+        """How many processes the OOM killer killed in this cgroup so far."""
+
+    def destroy(self) -> None:
+        """Remove the cgroup directories this manager made (retrying while they empty)."""
+
+    def to_state(self) -> dict[str, Any]:
+        """What `manager_from_state` needs, stored in state.json."""
+
+
+def _clean(path: str) -> str:
+    """Normalise cgroupsPath; a relative path may not climb out of its base."""
+    if "\0" in path:
+        raise OciError("cgroups: linux.cgroupsPath contains a NUL byte")
+    norm = os.path.normpath(path)
+    if path.startswith("/"):
+        return "/" + norm.lstrip("/") if norm != "/" else "/"
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise OciError(f"cgroups: linux.cgroupsPath {path!r} leaves its parent cgroup")
+    return norm
+
+
+def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = False) -> CgroupManager:
+    """A manager for a new container; nothing is created until create().
+
+    cgroupsPath: absolute -> that path in every hierarchy (relative to its root);
+    relative -> nested under the caller's own cgroup in each hierarchy; unset -> the
+    container id, relative (what runc does).  With `systemd`, "slice:prefix:name".
+    """
+    from ocirun.cgroups import detect
+
+    if systemd:
+        from ocirun.cgroups import systemd as sd
+        sd.check_available(sd.parse(cgroups_path, container_id))
+    layout = detect.detect()
+    path = _clean(cgroups_path or container_id)
+    own = detect.proc_cgroups()
+    hierarchies = layout.hierarchies
+    paths: dict[str, str] = {}
+    for h in hierarchies:
+        if path.startswith("/"):
+            paths[h.key] = os.path.normpath(h.mountpoint + path)
+        else:
+            paths[h.key] = os.path.join(h.fs_path(detect.own_cgroup(layout, h, own)), path)
+    if layout.mode == "unified":
+        from ocirun.cgroups.v2 import V2Manager
+        return V2Manager(path, paths)
+    from ocirun.cgroups.v1 import V1Manager
+    return V1Manager(path, paths, hybrid=layout.mode == "hybrid")
+
+
+def manager_from_state(data: dict[str, Any]) -> CgroupManager:
+    """Rebuild the manager `to_state()` described (no detection: paths are stored)."""
+    try:
+        mode, path = data["mode"], data["path"]
+        paths = {str(k): str(v) for k, v in data["paths"].items()}
+        created = [str(d) for d in data.get("created", [])]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise OciError(f"cgroups: state.json has no usable cgroup record ({e})") from None
+    if mode == "unified":
+        from ocirun.cgroups.v2 import V2Manager
+        return V2Manager(path, paths, created)
+    if mode in ("v1", "hybrid"):
+        from ocirun.cgroups.v1 import V1Manager
+        return V1Manager(path, paths, created, hybrid=mode == "hybrid")
+    raise OciError(f"cgroups: state.json: unknown cgroup mode {mode!r}")
+
+
+__all__ = ["CgroupManager", "manager_for", "manager_from_state"]

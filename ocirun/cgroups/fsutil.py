@@ -1,0 +1,157 @@
+"""Small, error-translating helpers for cgroupfs files and directories.
+
+Every failure becomes an OciError with one line naming the file, so the lifecycle
+never sees a bare OSError from the cgroup code.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from ocirun.errors import OciError
+
+
+def _reason(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise OciError(f"cgroups: read {path}: {_reason(e)}") from None
+
+
+def read_or_none(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def read_int(path: str) -> int | None:
+    """An integer file ("max" reads as None, a missing file too)."""
+    text = read_or_none(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat keyed file ("key value" per line) such as memory.stat or cpu.stat."""
+    out: dict[str, int] = {}
+    for line in (read_or_none(path) or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                pass
+    return out
+
+
+def write(path: str, value: str | int, what: str | None = None) -> None:
+    """Write one value in one write(2): cgroupfs parses each write separately."""
+    data = str(value).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise OciError(f"cgroups: {what + ': ' if what else ''}open {path}: {_reason(e)}") from None
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        raise OciError(f"cgroups: {what + ': ' if what else ''}write {data.decode()!r} to "
+                       f"{path}: {_reason(e)}") from None
+    finally:
+        os.close(fd)
+
+
+def write_pid(directory: str, pid: int) -> None:
+    """Move pid into the cgroup; EINVAL may mean the task is still being forked."""
+    path = os.path.join(directory, "cgroup.procs")
+    for attempt in range(5):
+        try:
+            write(path, pid)
+            return
+        except OciError:
+            if attempt == 4 or not os.path.exists(f"/proc/{pid}"):
+                raise
+            time.sleep(0.03)
+
+
+def procs(directory: str, recursive: bool = True) -> list[int]:
+    """Pids listed in cgroup.procs of `directory` (and below, when recursive)."""
+    pids: list[int] = []
+    seen: set[int] = set()
+    walker = os.walk(directory) if recursive else [(directory, [], [])]
+    for dirpath, _dirs, _files in walker:
+        text = read_or_none(os.path.join(dirpath, "cgroup.procs"))
+        if text is None:
+            if dirpath == directory and not os.path.isdir(directory):
+                raise OciError(f"cgroups: {directory}: no such cgroup")
+            continue
+        for word in text.split():
+            pid = int(word)
+            if pid not in seen:
+                seen.add(pid)
+                pids.append(pid)
+    return pids
+
+
+def makedirs(path: str) -> list[str]:
+    """mkdir -p that returns the directories it created, top first."""
+    missing: list[str] = []
+    cur = os.path.normpath(path)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    created: list[str] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o755)
+            created.append(d)
+        except FileExistsError:
+            pass  # a concurrent creator won: it is not ours to remove
+        except OSError as e:
+            raise OciError(f"cgroups: mkdir {d}: {_reason(e)}") from None
+    return created
+
+
+def rmdir_tree(path: str, deadline: float) -> None:
+    """Remove `path` and any cgroups below it, leaf first, retrying EBUSY until deadline.
+
+    A cgroup directory holds only kernel files, so rmdir works once no process and no
+    child cgroup is left; processes that were just killed take a moment to leave.
+    """
+    if not os.path.isdir(path):
+        return
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            rmdir_tree(entry.path, deadline)
+    delay = 0.005
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.EAGAIN) or time.monotonic() >= deadline:
+                left = procs(path) if e.errno == errno.EBUSY else []
+                extra = f" (pids still inside: {', '.join(map(str, left[:10]))})" if left else ""
+                raise OciError(f"cgroups: remove {path}: {_reason(e)}{extra}") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

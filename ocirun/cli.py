@@ -1,0 +1,378 @@
+"""Command line, mirroring runc: global flags, then a subcommand, its flags and args.
+
+Only parsing and dispatch live here; every command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ocirun import __version__, OCI_VERSION, log
+from ocirun.errors import OciError
+
+BOOL, STR, INT = "bool", "str", "int"
+
+
+@dataclass(frozen=True)
+class Flag:
+    dest: str
+    kind: str
+    names: tuple[str, ...]
+    default: Any = None
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    usage: str
+    flags: tuple[Flag, ...] = ()
+    min_args: int = 1
+    max_args: int = 1
+    summary: str = ""
+
+
+_CREATE_FLAGS = (
+    Flag("bundle", STR, ("--bundle", "-b"), "."),
+    Flag("pid_file", STR, ("--pid-file",)),
+    Flag("console_socket", STR, ("--console-socket",)),
+    Flag("no_pivot", BOOL, ("--no-pivot",), False),
+    Flag("no_new_keyring", BOOL, ("--no-new-keyring",), False),
+    Flag("preserve_fds", INT, ("--preserve-fds",), 0),
+)
+
+COMMANDS: dict[str, Command] = {
+    "create": Command("create [flags] <container-id>", _CREATE_FLAGS,
+                      summary="create a container"),
+    "run": Command("run [flags] <container-id>",
+                   _CREATE_FLAGS + (Flag("detach", BOOL, ("--detach", "-d"), False),
+                                    Flag("keep", BOOL, ("--keep",), False)),
+                   summary="create and start a container"),
+    "start": Command("start <container-id>", summary="run the process of a created container"),
+    "state": Command("state <container-id>", summary="print the state of a container"),
+    "kill": Command("kill [--all] <container-id> [signal]",
+                    (Flag("all", BOOL, ("--all", "-a"), False),), 1, 2,
+                    summary="send a signal (default TERM) to the container's init"),
+    "delete": Command("delete [--force] <container-id>...",
+                      (Flag("force", BOOL, ("--force", "-f"), False),), 1, 1 << 16,
+                      summary="delete a container and what it holds"),
+    "list": Command("list [--format table|json] [--quiet]",
+                    (Flag("format", STR, ("--format", "-f"), "table"),
+                     Flag("quiet", BOOL, ("--quiet", "-q"), False)), 0, 0,
+                    summary="list containers"),
+    "spec": Command("spec [--bundle DIR] [--rootless]",
+                    (Flag("bundle", STR, ("--bundle", "-b"), "."),
+                     Flag("rootless", BOOL, ("--rootless",), False)), 0, 0,
+                    summary="write a default config.json"),
+    "validate": Command("validate [--bundle DIR]",
+                        (Flag("bundle", STR, ("--bundle", "-b"), "."),), 0, 0,
+                        summary="check a bundle's config.json against the runtime spec"),
+    "pause": Command("pause <container-id>", summary="freeze every process of a container"),
+    "resume": Command("resume <container-id>", summary="thaw a paused container"),
+    "ps": Command("ps [--format table|json] <container-id>",
+                  (Flag("format", STR, ("--format", "-f"), "table"),),
+                  summary="list the processes of a container"),
+}
+
+_GLOBAL_FLAGS = (
+    Flag("root", STR, ("--root",)),
+    Flag("log", STR, ("--log",)),
+    Flag("log_format", STR, ("--log-format",), "text"),
+    Flag("debug", BOOL, ("--debug",), False),
+    Flag("systemd_cgroup", BOOL, ("--systemd-cgroup",), False),
+    Flag("rootless", STR, ("--rootless",), "auto"),
+    Flag("criu", STR, ("--criu",)),
+)
+
+
+class UsageError(OciError):
+    pass
+
+
+@dataclass
+class Parsed:
+    values: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+
+def _parse_value(flag: Flag, name: str, raw: str) -> Any:
+    if flag.kind == BOOL:
+        if raw.lower() in ("true", "1"):
+            return True
+        if raw.lower() in ("false", "0"):
+            return False
+        raise UsageError(f"invalid boolean value {raw!r} for {name}")
+    if flag.kind == INT:
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"invalid value {raw!r} for {name}: not an integer") from None
+    return raw
+
+
+def parse_flags(argv: list[str], flags: tuple[Flag, ...], stop_at_arg: bool) -> tuple[Parsed, list[str]]:
+    """Parse leading flags; returns what was parsed and the rest of argv."""
+    by_name = {name: f for f in flags for name in f.names}
+    parsed = Parsed({f.dest: f.default for f in flags})
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            parsed.args.extend(argv[i + 1:])
+            return parsed, []
+        if not arg.startswith("-") or arg == "-":
+            if stop_at_arg:
+                return parsed, argv[i:]
+            parsed.args.append(arg)
+            i += 1
+            continue
+        name, eq, inline = arg.partition("=")
+        if name.startswith("-") and not name.startswith("--") and len(name) > 2 and not eq:
+            name, inline, eq = name[:2], name[2:], "="  # -bDIR
+        if name in ("-h", "--help"):
+            raise _Help()
+        flag = by_name.get(name)
+        if flag is None:
+            raise UsageError(f"flag provided but not defined: {name}")
+        if flag.kind == BOOL:
+            value = _parse_value(flag, name, inline) if eq else True
+        elif eq:
+            value = _parse_value(flag, name, inline)
+        else:
+            i += 1
+            if i >= len(argv):
+                raise UsageError(f"flag needs an argument: {name}")
+            value = _parse_value(flag, name, argv[i])
+        parsed.values[flag.dest] = value
+        i += 1
+    return parsed, []
+
+
+class _Help(Exception):
+    pass
+
+
+def _usage() -> str:
+    lines = ["usage: ocirun [global flags] <command> [flags] [args]", "",
+             "global flags: --root DIR, --log FILE, --log-format text|json, --debug, "
+             "--systemd-cgroup, --version, --help", "", "commands:"]
+    lines += [f"  {name:<10} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    lines = [f"ocirun version {__version__}", f"spec: {OCI_VERSION}",
+             f"python: {sys.version.split()[0]}"]
+    try:
+        from ocirun.seccomp import libseccomp_version
+        lines.append(f"libseccomp: {libseccomp_version()}")
+    except Exception:  # noqa: BLE001 - the version line is optional
+        pass
+    return "\n".join(lines)
+
+
+def parse_signal(raw: str) -> int:
+    import signal
+    if raw.isdigit():
+        num = int(raw)
+        if not 0 < num < 65:
+            raise OciError(f"invalid signal {raw!r}")
+        return num
+    name = raw.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+    if sig is None:
+        raise OciError(f"invalid signal {raw!r}")
+    return int(sig)
+
+
+def _root(g: dict[str, Any]) -> str:
+    from ocirun.state import default_root
+    return os.path.abspath(g["root"]) if g["root"] else default_root()
+
+
+def _create_options(v: dict[str, Any], g: dict[str, Any]) -> Any:
+    from ocirun.lifecycle import CreateOptions
+    if v["preserve_fds"] < 0:
+        raise UsageError("--preserve-fds must not be negative")
+    return CreateOptions(bundle=v["bundle"], pid_file=v["pid_file"],
+                         console_socket=v["console_socket"], no_pivot=v["no_pivot"],
+                         no_new_keyring=v["no_new_keyring"], preserve_fds=v["preserve_fds"],
+                         systemd_cgroup=g["systemd_cgroup"])
+
+
+def _cmd_create(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.lifecycle import create
+    create(_root(g), args[0], _create_options(v, g))
+    return 0
+
+
+def _cmd_run(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.lifecycle import run
+    return run(_root(g), args[0], _create_options(v, g), v["detach"])
+
+
+def _cmd_start(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.lifecycle import start
+    start(_root(g), args[0])
+    return 0
+
+
+def _cmd_state(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.lifecycle import state_of
+    print(json.dumps(state_of(_root(g), args[0]), indent=2))
+    return 0
+
+
+def _cmd_kill(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.lifecycle import kill
+    sig = parse_signal(args[1] if len(args) > 1 else "TERM")
+    kill(_root(g), args[0], sig, v["all"])
+    return 0
+
+
+def _cmd_delete(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.lifecycle import delete
+    status = 0
+    for container_id in args:
+        try:
+            delete(_root(g), container_id, v["force"])
+        except OciError as e:
+            if len(args) == 1:
+                raise
+            log.error(e.message)
+            status = 1
+    return status
+
+
+def _cmd_list(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.state import list_containers
+    states = list(list_containers(_root(g)))
+    if v["quiet"]:
+        for s in states:
+            print(s.id)
+    elif v["format"] == "json":
+        print(json.dumps([s.to_oci() for s in states]))
+    elif v["format"] == "table":
+        rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
+        rows += [(s.id, str(s.to_oci()["pid"]), s.status, s.bundle, s.created,
+                  s.owner or "root") for s in states]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    else:
+        raise UsageError(f"invalid --format {v['format']!r} (table or json)")
+    return 0
+
+
+def _cmd_spec(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.specgen import write_spec
+    write_spec(v["bundle"], v["rootless"])
+    return 0
+
+
+def _cmd_validate(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.validate import validate_bundle
+    problems = validate_bundle(v["bundle"])
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        raise OciError(f"config.json is invalid: {len(problems)} problem(s)")
+    print(f"{os.path.join(v['bundle'], 'config.json')}: valid")
+    return 0
+
+
+def _cgroup_of_running(g: dict[str, Any], container_id: str, allowed: tuple[str, ...],
+                       verb: str) -> Any:
+    from ocirun import state as st
+    from ocirun.cgroups import manager_from_state
+    s = st.load(st.open_container(_root(g), container_id))
+    if s.status not in allowed:
+        raise OciError(f"cannot {verb} container {container_id}: it is {s.status}")
+    if not s.cgroup:
+        raise OciError(f"container {container_id} has no cgroup")
+    return manager_from_state(s.cgroup)
+
+
+def _cmd_pause(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    _cgroup_of_running(g, args[0], ("running", "created"), "pause").freeze()
+    return 0
+
+
+def _cmd_resume(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    _cgroup_of_running(g, args[0], ("paused",), "resume").thaw()
+    return 0
+
+
+def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    pids = _cgroup_of_running(g, args[0], ("created", "running", "paused"), "list "
+                              "processes of").pids()
+    if v["format"] == "json":
+        print(json.dumps(pids))
+    else:
+        print("PID")
+        for pid in pids:
+            print(pid)
+    return 0
+
+
+HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any], list[str]], int]] = {
+    "create": _cmd_create, "run": _cmd_run, "start": _cmd_start, "state": _cmd_state,
+    "kill": _cmd_kill, "delete": _cmd_delete, "list": _cmd_list, "spec": _cmd_spec,
+    "validate": _cmd_validate, "pause": _cmd_pause, "resume": _cmd_resume, "ps": _cmd_ps,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("--version", "-v", "-version"):
+        print(_version())
+        return 0
+    try:
+        top, rest = parse_flags(argv, _GLOBAL_FLAGS, stop_at_arg=True)
+        g = top.values
+        if g["log_format"] not in ("text", "json"):
+            raise UsageError(f"invalid --log-format {g['log_format']!r} (text or json)")
+        log.configure(g["log"], g["log_format"], g["debug"])
+        if not rest:
+            print(_usage())
+            return 0
+        name, rest = rest[0], rest[1:]
+        if name in ("--version", "-v"):
+            print(_version())
+            return 0
+        command = COMMANDS.get(name)
+        if command is None:
+            raise UsageError(f"unknown command {name!r} (see ocirun --help)")
+        try:
+            parsed, _ = parse_flags(rest, command.flags, stop_at_arg=False)
+        except _Help:
+            print(f"usage: ocirun {command.usage}")
+            return 0
+        if not command.min_args <= len(parsed.args) <= command.max_args:
+            want = (f"exactly {command.min_args}" if command.min_args == command.max_args
+                    else f"{command.min_args} to {command.max_args}")
+            raise UsageError(f'"{name}" requires {want} argument(s); usage: ocirun '
+                             f"{command.usage}")
+        return HANDLERS[name](g, parsed.values, parsed.args)
+    except _Help:
+        print(_usage())
+        return 0
+    except OciError as e:
+        log.error(e.message)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        subject = f": {e.filename}" if e.filename else ""
+        log.error(f"{(e.strerror or str(e)).lower()}{subject}")
+        return 1
+    except Exception as e:  # noqa: BLE001 - never a traceback for the user
+        if os.environ.get("OCIRUN_TRACEBACK"):
+            raise
+        log.error(f"internal error: {type(e).__name__}: {e}")
+        return 1

@@ -1,0 +1,76 @@
+"""Device nodes and /dev symlinks in the container's rootfs (before pivot_root)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ocirun import sys as ksys
+from ocirun.errors import OciError
+from ocirun.rootfs import secure_join
+from ocirun.spec import Device, Spec
+
+DEFAULT_DEVICES = (
+    Device("c", "/dev/null", 1, 3, 0o666, 0, 0),
+    Device("c", "/dev/zero", 1, 5, 0o666, 0, 0),
+    Device("c", "/dev/full", 1, 7, 0o666, 0, 0),
+    Device("c", "/dev/random", 1, 8, 0o666, 0, 0),
+    Device("c", "/dev/urandom", 1, 9, 0o666, 0, 0),
+    Device("c", "/dev/tty", 5, 0, 0o666, 0, 0),
+)
+
+_SYMLINKS = (
+    ("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"),
+)
+
+_TYPE_BITS = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def dev_is_bound_from_host(spec: Spec) -> bool:
+    return any(m.destination.rstrip("/") == "/dev" and
+               (m.type == "bind" or "bind" in m.options or "rbind" in m.options)
+               for m in spec.mounts)
+
+
+def _create(root: str, dev: Device, bind: bool) -> None:
+    path = secure_join(root, dev.path)
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+    if bind:
+        # mknod is refused in a user namespace: bind the host's node instead.
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        ksys.mount(dev.path, path, None, ksys.MS_BIND)
+        return
+    if os.path.lexists(path):
+        os.unlink(path)
+    mode = dev.file_mode if dev.file_mode is not None else 0o666
+    os.mknod(path, mode | _TYPE_BITS[dev.type], os.makedev(dev.major or 0, dev.minor or 0))
+    os.chmod(path, mode)  # mknod is subject to the umask
+    os.chown(path, dev.uid or 0, dev.gid or 0)
+
+
+def create_devices(spec: Spec, in_userns: bool) -> None:
+    assert spec.root is not None
+    root = spec.root.path
+    wanted: list[Device] = []
+    if not dev_is_bound_from_host(spec):
+        wanted.extend(DEFAULT_DEVICES)
+    listed = {d.path for d in spec.linux.devices}
+    wanted = [d for d in wanted if d.path not in listed] + list(spec.linux.devices)
+    for dev in wanted:
+        try:
+            _create(root, dev, in_userns)
+        except OSError as e:
+            raise OciError(f"creating device {dev.path}: {os.strerror(e.errno).lower()}") from None
+    if dev_is_bound_from_host(spec):
+        return
+    for target, link in _SYMLINKS:
+        path = secure_join(root, link)
+        if not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
+            os.symlink(target, path)
+    ptmx = secure_join(root, "/dev/ptmx")
+    if os.path.isdir(secure_join(root, "/dev/pts")):
+        if os.path.lexists(ptmx):
+            os.unlink(ptmx)
+        os.symlink("pts/ptmx", ptmx)

@@ -1,0 +1,75 @@
+"""Running OCI hooks: the state JSON on stdin, the hook's own args, env and timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable
+
+from ocirun.errors import OciError
+from ocirun.spec import Hook
+
+
+def run_hook(hook: Hook, state_json: bytes, stage: str) -> None:
+    """Run one hook to completion; a failure or timeout raises OciError."""
+    rfd, wfd = os.pipe()
+    argv = list(hook.args) or [hook.path]
+    env = dict(e.split("=", 1) for e in hook.env)
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(rfd)
+        os.close(wfd)
+        raise OciError(f"{stage} hook {hook.path}: {e.strerror}") from None
+    if pid == 0:
+        try:
+            os.dup2(rfd, 0)
+            os.execve(hook.path, argv, env)
+        except OSError as e:
+            os.write(2, f"{stage} hook {hook.path}: {e.strerror}\n".encode())
+        os._exit(127)
+    os.close(rfd)
+    try:
+        os.write(wfd, state_json)
+    except BrokenPipeError:
+        pass
+    os.close(wfd)
+    status = _wait(pid, hook.timeout)
+    if status is None:
+        raise OciError(f"{stage} hook {hook.path} timed out after {hook.timeout}s")
+    if os.WIFSIGNALED(status):
+        raise OciError(f"{stage} hook {hook.path} killed by signal {os.WTERMSIG(status)}")
+    if os.WEXITSTATUS(status) != 0:
+        raise OciError(f"{stage} hook {hook.path} failed: exit status {os.WEXITSTATUS(status)}")
+
+
+def _wait(pid: int, timeout: int | None) -> int | None:
+    if timeout is None:
+        return os.waitpid(pid, 0)[1]
+    import select
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+    finally:
+        os.close(pidfd)
+    return os.waitpid(pid, 0)[1]
+
+
+def run_hooks(hooks: tuple[Hook, ...], state_json: bytes, stage: str) -> None:
+    for hook in hooks:
+        run_hook(hook, state_json, stage)
+
+
+def run_hooks_warn(hooks: tuple[Hook, ...], state_json: bytes, stage: str,
+                   warn: Callable[[str], None]) -> None:
+    """poststart/poststop: a failing hook is a warning and the rest still run."""
+    for hook in hooks:
+        try:
+            run_hook(hook, state_json, stage)
+        except OciError as e:
+            warn(e.message)

@@ -1,0 +1,64 @@
+"""--log / --log-format: where warnings and errors go, in the form engines parse.
+
+With --log-format json each line is {"level", "msg", "time"} (containerd keeps the last
+"error" line as the message).  Errors always go to stderr as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+_path: str | None = None
+_json = False
+_debug = False
+
+
+def configure(path: str | None, fmt: str, debug: bool) -> None:
+    global _path, _json, _debug
+    _path, _json, _debug = path, fmt == "json", debug
+
+
+def _now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + \
+        f".{int(now % 1 * 1e9):09d}" + time.strftime("%z", time.localtime(now))[:3] + ":" + \
+        time.strftime("%z", time.localtime(now))[3:]
+
+
+def _write(level: str, msg: str) -> None:
+    if _json:
+        line = json.dumps({"level": level, "msg": msg, "time": _now()})
+    else:
+        line = f'time="{_now()}" level={level} msg="{msg}"'
+    try:
+        fd = os.open(_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)  # type: ignore[arg-type]
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def error(msg: str) -> None:
+    if _path:
+        _write("error", msg)
+    print(f"ocirun: {msg}", file=sys.stderr)
+
+
+def warn(msg: str) -> None:
+    if _path:
+        _write("warning", msg)
+    else:
+        print(f"ocirun: warning: {msg}", file=sys.stderr)
+
+
+def debug(msg: str) -> None:
+    if _debug:
+        if _path:
+            _write("debug", msg)
+        else:
+            print(f"ocirun: debug: {msg}", file=sys.stderr)

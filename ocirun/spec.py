@@ -1,0 +1,812 @@
+"""config.json -> frozen dataclasses.
+
+The parser is strict about the fields it knows (type, enum, required) and ignores the
+ones it does not.  Every error names the JSON path of the offending value.  This is the
+only model of the configuration: the rest of ocirun reads these dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from ocirun.errors import ConfigError, OciError
+
+T = TypeVar("T")
+
+NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
+
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # index == capability number
+
+RLIMITS = (
+    "RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_LOCKS",
+    "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC",
+    "RLIMIT_RSS", "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK",
+)
+
+ROOTFS_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave",
+                       "unbindable", "runbindable")
+
+SECCOMP_ACTIONS = (
+    "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
+    "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY",
+)
+SECCOMP_ARCHES = (
+    "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_ARM",
+    "SCMP_ARCH_AARCH64", "SCMP_ARCH_MIPS", "SCMP_ARCH_MIPS64", "SCMP_ARCH_MIPS64N32",
+    "SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64", "SCMP_ARCH_MIPSEL64N32", "SCMP_ARCH_PPC",
+    "SCMP_ARCH_PPC64", "SCMP_ARCH_PPC64LE", "SCMP_ARCH_S390", "SCMP_ARCH_S390X",
+    "SCMP_ARCH_PARISC", "SCMP_ARCH_PARISC64", "SCMP_ARCH_RISCV64", "SCMP_ARCH_LOONGARCH64",
+    "SCMP_ARCH_M68K", "SCMP_ARCH_SH", "SCMP_ARCH_SHEB",
+)
+SECCOMP_OPS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
+               "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ")
+SECCOMP_FLAGS = ("SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
+                 "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")
+
+_OCI_VERSION_RE = re.compile(r"^1\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+_UINT32 = 2**32 - 1
+_INT64_MIN, _UINT64 = -(2**63), 2**64 - 1
+
+
+# ---------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+    umask: int | None = None
+    additional_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    bounding: tuple[str, ...] = ()
+    effective: tuple[str, ...] = ()
+    inheritable: tuple[str, ...] = ()
+    permitted: tuple[str, ...] = ()
+    ambient: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    type: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class ConsoleSize:
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    cwd: str
+    user: User = User()
+    env: tuple[str, ...] = ()
+    terminal: bool = False
+    console_size: ConsoleSize | None = None
+    capabilities: Capabilities | None = None
+    rlimits: tuple[Rlimit, ...] = ()
+    no_new_privileges: bool = False
+    apparmor_profile: str | None = None
+    selinux_label: str | None = None
+    oom_score_adj: int | None = None
+
+
+@dataclass(frozen=True)
+class Root:
+    path: str  # absolute: resolved against the bundle
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Mount:
+    destination: str
+    type: str | None = None
+    source: str | None = None
+    options: tuple[str, ...] = ()
+    uid_mappings: tuple[IdMapping, ...] = ()
+    gid_mappings: tuple[IdMapping, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hook:
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    prestart: tuple[Hook, ...] = ()
+    create_runtime: tuple[Hook, ...] = ()
+    create_container: tuple[Hook, ...] = ()
+    start_container: tuple[Hook, ...] = ()
+    poststart: tuple[Hook, ...] = ()
+    poststop: tuple[Hook, ...] = ()
+
+
+@dataclass(frozen=True)
+class Namespace:
+    type: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str
+    path: str
+    major: int | None = None
+    minor: int | None = None
+    file_mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    allow: bool
+    type: str | None = None  # a, b, c; None means all
+    major: int | None = None  # None means any (*)
+    minor: int | None = None
+    access: str | None = None  # subset of "rwm"; None means all
+
+
+@dataclass(frozen=True)
+class Memory:
+    limit: int | None = None
+    reservation: int | None = None
+    swap: int | None = None
+    kernel: int | None = None
+    kernel_tcp: int | None = None
+    swappiness: int | None = None
+    disable_oom_killer: bool | None = None
+    use_hierarchy: bool | None = None
+    check_before_update: bool | None = None
+
+
+@dataclass(frozen=True)
+class Cpu:
+    shares: int | None = None
+    quota: int | None = None
+    burst: int | None = None
+    period: int | None = None
+    realtime_runtime: int | None = None
+    realtime_period: int | None = None
+    cpus: str | None = None
+    mems: str | None = None
+    idle: int | None = None
+
+
+@dataclass(frozen=True)
+class WeightDevice:
+    major: int
+    minor: int
+    weight: int | None = None
+    leaf_weight: int | None = None
+
+
+@dataclass(frozen=True)
+class ThrottleDevice:
+    major: int
+    minor: int
+    rate: int
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    weight: int | None = None
+    leaf_weight: int | None = None
+    weight_device: tuple[WeightDevice, ...] = ()
+    throttle_read_bps_device: tuple[ThrottleDevice, ...] = ()
+    throttle_write_bps_device: tuple[ThrottleDevice, ...] = ()
+    throttle_read_iops_device: tuple[ThrottleDevice, ...] = ()
+    throttle_write_iops_device: tuple[ThrottleDevice, ...] = ()
+
+
+@dataclass(frozen=True)
+class HugepageLimit:
+    page_size: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class NetworkPriority:
+    name: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class Network:
+    class_id: int | None = None
+    priorities: tuple[NetworkPriority, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rdma:
+    hca_handles: int | None = None
+    hca_objects: int | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    devices: tuple[DeviceRule, ...] = ()
+    memory: Memory | None = None
+    cpu: Cpu | None = None
+    pids_limit: int | None = None
+    block_io: BlockIO | None = None
+    hugepage_limits: tuple[HugepageLimit, ...] = ()
+    network: Network | None = None
+    rdma: dict[str, Rdma] = field(default_factory=dict)
+    unified: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyscallArg:
+    index: int
+    value: int
+    op: str
+    value_two: int = 0
+
+
+@dataclass(frozen=True)
+class SyscallRule:
+    names: tuple[str, ...]
+    action: str
+    errno_ret: int | None = None
+    args: tuple[SyscallArg, ...] = ()
+
+
+@dataclass(frozen=True)
+class Seccomp:
+    default_action: str
+    default_errno_ret: int | None = None
+    architectures: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    listener_path: str | None = None
+    listener_metadata: str | None = None
+    syscalls: tuple[SyscallRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Personality:
+    domain: str
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Linux:
+    namespaces: tuple[Namespace, ...] = ()
+    uid_mappings: tuple[IdMapping, ...] = ()
+    gid_mappings: tuple[IdMapping, ...] = ()
+    time_offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    devices: tuple[Device, ...] = ()
+    cgroups_path: str | None = None
+    resources: Resources | None = None
+    rootfs_propagation: str | None = None
+    seccomp: Seccomp | None = None
+    sysctl: dict[str, str] = field(default_factory=dict)
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    mount_label: str | None = None
+    personality: Personality | None = None
+
+    def namespace(self, ns_type: str) -> Namespace | None:
+        for ns in self.namespaces:
+            if ns.type == ns_type:
+                return ns
+        return None
+
+
+@dataclass(frozen=True)
+class Spec:
+    oci_version: str
+    root: Root | None = None
+    process: Process | None = None
+    hostname: str | None = None
+    domainname: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    hooks: Hooks = Hooks()
+    annotations: dict[str, str] = field(default_factory=dict)
+    linux: Linux = Linux()
+
+
+# --------------------------------------------------------------------- primitives
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), "number")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], path: str, what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(path, f"must be {what}, not boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(path, f"must be {what}, not {_type_name(value)}")
+    return value
+
+
+def _obj(value: Any, path: str) -> dict[str, Any]:
+    return _expect(value, dict, path, "an object")
+
+
+def _string(value: Any, path: str) -> str:
+    return _expect(value, str, path, "a string")
+
+
+def _bool(value: Any, path: str) -> bool:
+    return _expect(value, bool, path, "a boolean")
+
+
+def _int(value: Any, path: str, lo: int = _INT64_MIN, hi: int = _UINT64) -> int:
+    _expect(value, int, path, "an integer")
+    if not lo <= value <= hi:
+        raise ConfigError(path, f"{value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _uint32(value: Any, path: str) -> int:
+    return _int(value, path, 0, _UINT32)
+
+
+def _list(value: Any, path: str, item: Callable[[Any, str], T]) -> tuple[T, ...]:
+    _expect(value, list, path, "an array")
+    return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _strings(value: Any, path: str) -> tuple[str, ...]:
+    return _list(value, path, _string)
+
+
+def _str_map(value: Any, path: str) -> dict[str, str]:
+    return {k: _string(v, f"{path}.{k}") for k, v in _obj(value, path).items()}
+
+
+def _enum(value: Any, path: str, allowed: tuple[str, ...]) -> str:
+    _string(value, path)
+    if value not in allowed:
+        raise ConfigError(path, f"unknown value {value!r} (expected one of "
+                                f"{', '.join(allowed)})")
+    return value
+
+
+def _abs_path(value: Any, path: str) -> str:
+    _string(value, path)
+    if not value.startswith("/"):
+        raise ConfigError(path, f"{value!r} must be an absolute path")
+    return value
+
+
+class _Fields:
+    """Reads the known fields of one JSON object, tracking the JSON path."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        self.data = _obj(value, path)
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def req(self, key: str, conv: Callable[[Any, str], T]) -> T:
+        if key not in self.data:
+            raise ConfigError(self.at(key), "is required")
+        return conv(self.data[key], self.at(key))
+
+    def opt(self, key: str, conv: Callable[[Any, str], T], default: Any = None) -> Any:
+        if self.data.get(key) is None:
+            return default
+        return conv(self.data[key], self.at(key))
+
+
+# ------------------------------------------------------------------------ sections
+def _user(v: Any, p: str) -> User:
+    f = _Fields(v, p)
+    return User(uid=f.req("uid", _uint32), gid=f.req("gid", _uint32),
+                umask=f.opt("umask", _uint32),
+                additional_gids=f.opt("additionalGids", lambda x, q: _list(x, q, _uint32), ()))
+
+
+def _cap_name(v: Any, p: str) -> str:
+    _string(v, p)
+    if v not in CAPABILITIES:
+        raise ConfigError(p, f"unknown capability {v!r}")
+    return v
+
+
+def _capabilities(v: Any, p: str) -> Capabilities:
+    f = _Fields(v, p)
+    caps = {k: f.opt(k, lambda x, q: _list(x, q, _cap_name), ())
+            for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    return Capabilities(**caps)
+
+
+def _rlimit(v: Any, p: str) -> Rlimit:
+    f = _Fields(v, p)
+    return Rlimit(type=f.req("type", lambda x, q: _enum(x, q, RLIMITS)),
+                  soft=f.req("soft", lambda x, q: _int(x, q, 0)),
+                  hard=f.req("hard", lambda x, q: _int(x, q, 0)))
+
+
+def _console_size(v: Any, p: str) -> ConsoleSize:
+    f = _Fields(v, p)
+    return ConsoleSize(height=f.req("height", _uint32), width=f.req("width", _uint32))
+
+
+def _process(v: Any, p: str) -> Process:
+    f = _Fields(v, p)
+    rlimits = f.opt("rlimits", lambda x, q: _list(x, q, _rlimit), ())
+    seen: set[str] = set()
+    for i, rl in enumerate(rlimits):
+        if rl.type in seen:
+            raise ConfigError(f"{p}.rlimits[{i}].type", f"duplicate rlimit {rl.type}")
+        seen.add(rl.type)
+    args = f.req("args", _strings)
+    if not args:
+        raise ConfigError(f.at("args"), "must contain at least one element")
+    for i, e in enumerate(f.opt("env", _strings, ())):
+        if "=" not in e:
+            raise ConfigError(f"{p}.env[{i}]", f"{e!r} is not of the form KEY=value")
+    return Process(
+        args=args,
+        cwd=f.req("cwd", _abs_path),
+        user=f.req("user", _user),
+        env=f.opt("env", _strings, ()),
+        terminal=f.opt("terminal", _bool, False),
+        console_size=f.opt("consoleSize", _console_size),
+        capabilities=f.opt("capabilities", _capabilities),
+        rlimits=rlimits,
+        no_new_privileges=f.opt("noNewPrivileges", _bool, False),
+        apparmor_profile=f.opt("apparmorProfile", _string),
+        selinux_label=f.opt("selinuxLabel", _string),
+        oom_score_adj=f.opt("oomScoreAdj", lambda x, q: _int(x, q, -1000, 1000)),
+    )
+
+
+def _id_mapping(v: Any, p: str) -> IdMapping:
+    f = _Fields(v, p)
+    return IdMapping(container_id=f.req("containerID", _uint32),
+                     host_id=f.req("hostID", _uint32), size=f.req("size", _uint32))
+
+
+def _id_mappings(v: Any, p: str) -> tuple[IdMapping, ...]:
+    return _list(v, p, _id_mapping)
+
+
+def _mount(v: Any, p: str) -> Mount:
+    f = _Fields(v, p)
+    dest = f.req("destination", _string)
+    if not dest:
+        raise ConfigError(f.at("destination"), "must not be empty")
+    return Mount(destination=dest, type=f.opt("type", _string),
+                 source=f.opt("source", _string), options=f.opt("options", _strings, ()),
+                 uid_mappings=f.opt("uidMappings", _id_mappings, ()),
+                 gid_mappings=f.opt("gidMappings", _id_mappings, ()))
+
+
+def _hook(v: Any, p: str) -> Hook:
+    f = _Fields(v, p)
+    return Hook(path=f.req("path", _abs_path), args=f.opt("args", _strings, ()),
+                env=f.opt("env", _strings, ()),
+                timeout=f.opt("timeout", lambda x, q: _int(x, q, 1)))
+
+
+def _hooks(v: Any, p: str) -> Hooks:
+    f = _Fields(v, p)
+
+    def hooks(key: str) -> tuple[Hook, ...]:
+        return f.opt(key, lambda x, q: _list(x, q, _hook), ())
+
+    return Hooks(prestart=hooks("prestart"), create_runtime=hooks("createRuntime"),
+                 create_container=hooks("createContainer"),
+                 start_container=hooks("startContainer"), poststart=hooks("poststart"),
+                 poststop=hooks("poststop"))
+
+
+def _namespace(v: Any, p: str) -> Namespace:
+    f = _Fields(v, p)
+    return Namespace(type=f.req("type", lambda x, q: _enum(x, q, NAMESPACE_TYPES)),
+                     path=f.opt("path", _abs_path))
+
+
+def _namespaces(v: Any, p: str) -> tuple[Namespace, ...]:
+    namespaces = _list(v, p, _namespace)
+    seen: set[str] = set()
+    for i, ns in enumerate(namespaces):
+        if ns.type in seen:
+            raise ConfigError(f"{p}[{i}].type", f"duplicate namespace type {ns.type!r}")
+        seen.add(ns.type)
+    return namespaces
+
+
+def _device(v: Any, p: str) -> Device:
+    f = _Fields(v, p)
+    dev_type = f.req("type", lambda x, q: _enum(x, q, ("c", "b", "u", "p")))
+    if dev_type != "p":
+        for key in ("major", "minor"):
+            if not f.has(key):
+                raise ConfigError(f.at(key), f"is required for device type {dev_type!r}")
+    return Device(type=dev_type, path=f.req("path", _abs_path),
+                  major=f.opt("major", lambda x, q: _int(x, q, 0)),
+                  minor=f.opt("minor", lambda x, q: _int(x, q, 0)),
+                  file_mode=f.opt("fileMode", lambda x, q: _int(x, q, 0, 0o7777)),
+                  uid=f.opt("uid", _uint32), gid=f.opt("gid", _uint32))
+
+
+def _device_rule(v: Any, p: str) -> DeviceRule:
+    f = _Fields(v, p)
+    dev_type = f.opt("type", lambda x, q: _enum(x, q, ("a", "b", "c")))
+    access = f.opt("access", _string)
+    if access is not None and (not access or set(access) - set("rwm")):
+        raise ConfigError(f.at("access"), f"{access!r} must be a combination of r, w, m")
+    return DeviceRule(allow=f.req("allow", _bool), type=dev_type,
+                      major=f.opt("major", _int), minor=f.opt("minor", _int), access=access)
+
+
+def _memory(v: Any, p: str) -> Memory:
+    f = _Fields(v, p)
+    return Memory(limit=f.opt("limit", _int), reservation=f.opt("reservation", _int),
+                  swap=f.opt("swap", _int), kernel=f.opt("kernel", _int),
+                  kernel_tcp=f.opt("kernelTCP", _int),
+                  swappiness=f.opt("swappiness", lambda x, q: _int(x, q, 0)),
+                  disable_oom_killer=f.opt("disableOOMKiller", _bool),
+                  use_hierarchy=f.opt("useHierarchy", _bool),
+                  check_before_update=f.opt("checkBeforeUpdate", _bool))
+
+
+def _cpu(v: Any, p: str) -> Cpu:
+    f = _Fields(v, p)
+    u64 = lambda x, q: _int(x, q, 0)  # noqa: E731
+    return Cpu(shares=f.opt("shares", u64), quota=f.opt("quota", _int),
+               burst=f.opt("burst", u64), period=f.opt("period", u64),
+               realtime_runtime=f.opt("realtimeRuntime", _int),
+               realtime_period=f.opt("realtimePeriod", u64), cpus=f.opt("cpus", _string),
+               mems=f.opt("mems", _string), idle=f.opt("idle", _int))
+
+
+def _weight_device(v: Any, p: str) -> WeightDevice:
+    f = _Fields(v, p)
+    return WeightDevice(major=f.req("major", _int), minor=f.req("minor", _int),
+                        weight=f.opt("weight", lambda x, q: _int(x, q, 0, 65535)),
+                        leaf_weight=f.opt("leafWeight", lambda x, q: _int(x, q, 0, 65535)))
+
+
+def _throttle_device(v: Any, p: str) -> ThrottleDevice:
+    f = _Fields(v, p)
+    return ThrottleDevice(major=f.req("major", _int), minor=f.req("minor", _int),
+                          rate=f.req("rate", lambda x, q: _int(x, q, 0)))
+
+
+def _block_io(v: Any, p: str) -> BlockIO:
+    f = _Fields(v, p)
+
+    def throttles(key: str) -> tuple[ThrottleDevice, ...]:
+        return f.opt(key, lambda x, q: _list(x, q, _throttle_device), ())
+
+    return BlockIO(weight=f.opt("weight", lambda x, q: _int(x, q, 0, 65535)),
+                   leaf_weight=f.opt("leafWeight", lambda x, q: _int(x, q, 0, 65535)),
+                   weight_device=f.opt("weightDevice",
+                                       lambda x, q: _list(x, q, _weight_device), ()),
+                   throttle_read_bps_device=throttles("throttleReadBpsDevice"),
+                   throttle_write_bps_device=throttles("throttleWriteBpsDevice"),
+                   throttle_read_iops_device=throttles("throttleReadIOPSDevice"),
+                   throttle_write_iops_device=throttles("throttleWriteIOPSDevice"))
+
+
+def _hugepage_limit(v: Any, p: str) -> HugepageLimit:
+    f = _Fields(v, p)
+    return HugepageLimit(page_size=f.req("pageSize", _string),
+                         limit=f.req("limit", lambda x, q: _int(x, q, 0)))
+
+
+def _network(v: Any, p: str) -> Network:
+    f = _Fields(v, p)
+
+    def prio(x: Any, q: str) -> NetworkPriority:
+        g = _Fields(x, q)
+        return NetworkPriority(name=g.req("name", _string), priority=g.req("priority", _uint32))
+
+    return Network(class_id=f.opt("classID", _uint32),
+                   priorities=f.opt("priorities", lambda x, q: _list(x, q, prio), ()))
+
+
+def _rdma(v: Any, p: str) -> dict[str, Rdma]:
+    out = {}
+    for name, entry in _obj(v, p).items():
+        f = _Fields(entry, f"{p}.{name}")
+        out[name] = Rdma(hca_handles=f.opt("hcaHandles", _uint32),
+                         hca_objects=f.opt("hcaObjects", _uint32))
+    return out
+
+
+def _resources(v: Any, p: str) -> Resources:
+    f = _Fields(v, p)
+    pids = f.opt("pids", lambda x, q: _Fields(x, q).req("limit", _int))
+    return Resources(devices=f.opt("devices", lambda x, q: _list(x, q, _device_rule), ()),
+                     memory=f.opt("memory", _memory), cpu=f.opt("cpu", _cpu),
+                     pids_limit=pids, block_io=f.opt("blockIO", _block_io),
+                     hugepage_limits=f.opt("hugepageLimits",
+                                           lambda x, q: _list(x, q, _hugepage_limit), ()),
+                     network=f.opt("network", _network), rdma=f.opt("rdma", _rdma, {}),
+                     unified=f.opt("unified", _str_map, {}))
+
+
+def _syscall_arg(v: Any, p: str) -> SyscallArg:
+    f = _Fields(v, p)
+    return SyscallArg(index=f.req("index", lambda x, q: _int(x, q, 0, 5)),
+                      value=f.req("value", lambda x, q: _int(x, q, 0)),
+                      value_two=f.opt("valueTwo", lambda x, q: _int(x, q, 0), 0),
+                      op=f.req("op", lambda x, q: _enum(x, q, SECCOMP_OPS)))
+
+
+def _syscall_rule(v: Any, p: str) -> SyscallRule:
+    f = _Fields(v, p)
+    names = f.req("names", _strings)
+    if not names:
+        raise ConfigError(f.at("names"), "must contain at least one syscall name")
+    return SyscallRule(names=names, action=f.req("action", lambda x, q: _enum(x, q, SECCOMP_ACTIONS)),
+                       errno_ret=f.opt("errnoRet", _uint32),
+                       args=f.opt("args", lambda x, q: _list(x, q, _syscall_arg), ()))
+
+
+def _seccomp(v: Any, p: str) -> Seccomp:
+    f = _Fields(v, p)
+    enum_list = lambda allowed: lambda x, q: _list(x, q, lambda y, r: _enum(y, r, allowed))  # noqa: E731
+    seccomp = Seccomp(
+        default_action=f.req("defaultAction", lambda x, q: _enum(x, q, SECCOMP_ACTIONS)),
+        default_errno_ret=f.opt("defaultErrnoRet", _uint32),
+        architectures=f.opt("architectures", enum_list(SECCOMP_ARCHES), ()),
+        flags=f.opt("flags", enum_list(SECCOMP_FLAGS), ()),
+        listener_path=f.opt("listenerPath", _abs_path),
+        listener_metadata=f.opt("listenerMetadata", _string),
+        syscalls=f.opt("syscalls", lambda x, q: _list(x, q, _syscall_rule), ()))
+    uses_notify = seccomp.default_action == "SCMP_ACT_NOTIFY" or any(
+        r.action == "SCMP_ACT_NOTIFY" for r in seccomp.syscalls)
+    if uses_notify and not seccomp.listener_path:
+        raise ConfigError(f.at("listenerPath"), "is required when SCMP_ACT_NOTIFY is used")
+    return seccomp
+
+
+def _time_offsets(v: Any, p: str) -> dict[str, tuple[int, int]]:
+    out = {}
+    for clock, entry in _obj(v, p).items():
+        if clock not in ("monotonic", "boottime"):
+            raise ConfigError(f"{p}.{clock}", "unknown clock (expected monotonic or boottime)")
+        f = _Fields(entry, f"{p}.{clock}")
+        out[clock] = (f.opt("secs", _int, 0), f.opt("nanosecs", _uint32, 0))
+    return out
+
+
+def _personality(v: Any, p: str) -> Personality:
+    f = _Fields(v, p)
+    return Personality(domain=f.req("domain", lambda x, q: _enum(x, q, ("LINUX", "LINUX32"))),
+                       flags=f.opt("flags", _strings, ()))
+
+
+def _linux(v: Any, p: str) -> Linux:
+    f = _Fields(v, p)
+    abs_paths = lambda x, q: _list(x, q, _abs_path)  # noqa: E731
+    sysctl = f.opt("sysctl", _str_map, {})
+    return Linux(
+        namespaces=f.opt("namespaces", _namespaces, ()),
+        uid_mappings=f.opt("uidMappings", _id_mappings, ()),
+        gid_mappings=f.opt("gidMappings", _id_mappings, ()),
+        time_offsets=f.opt("timeOffsets", _time_offsets, {}),
+        devices=f.opt("devices", lambda x, q: _list(x, q, _device), ()),
+        cgroups_path=f.opt("cgroupsPath", _string),
+        resources=f.opt("resources", _resources),
+        rootfs_propagation=f.opt("rootfsPropagation",
+                                 lambda x, q: _enum(x, q, ROOTFS_PROPAGATIONS)),
+        seccomp=f.opt("seccomp", _seccomp),
+        sysctl=sysctl,
+        masked_paths=f.opt("maskedPaths", abs_paths, ()),
+        readonly_paths=f.opt("readonlyPaths", abs_paths, ()),
+        mount_label=f.opt("mountLabel", _string),
+        personality=f.opt("personality", _personality),
+    )
+
+
+def _oci_version(v: Any, p: str) -> str:
+    _string(v, p)
+    if not _OCI_VERSION_RE.match(v):
+        raise ConfigError(p, f"{v!r} is not a supported version (expected 1.x.y)")
+    return v
+
+
+# --------------------------------------------------------------------------- entry
+def parse_spec(data: Any, bundle: str = ".") -> Spec:
+    """Parse a decoded config.json; relative root.path is resolved against `bundle`."""
+    f = _Fields(data, "")
+
+    def root(v: Any, p: str) -> Root:
+        g = _Fields(v, p)
+        path = g.req("path", _string)
+        if not path:
+            raise ConfigError(g.at("path"), "must not be empty")
+        return Root(path=os.path.normpath(os.path.join(os.path.abspath(bundle), path)),
+                    readonly=g.opt("readonly", _bool, False))
+
+    spec = Spec(
+        oci_version=f.req("ociVersion", _oci_version),
+        root=f.opt("root", root),
+        process=f.opt("process", _process),
+        hostname=f.opt("hostname", _string),
+        domainname=f.opt("domainname", _string),
+        mounts=f.opt("mounts", lambda x, q: _list(x, q, _mount), ()),
+        hooks=f.opt("hooks", _hooks, Hooks()),
+        annotations=f.opt("annotations", _str_map, {}),
+        linux=f.opt("linux", _linux, Linux()),
+    )
+    _check_semantics(spec)
+    return spec
+
+
+def _check_semantics(spec: Spec) -> None:
+    """Rules spanning several fields, which a per-field check cannot see."""
+    linux = spec.linux
+    uts = linux.namespace("uts")
+    if spec.hostname and (uts is None or uts.path):
+        raise ConfigError("hostname", "setting the hostname needs a new uts namespace")
+    if spec.domainname and (uts is None or uts.path):
+        raise ConfigError("domainname", "setting the domainname needs a new uts namespace")
+    user_ns = linux.namespace("user")
+    if (linux.uid_mappings or linux.gid_mappings) and (user_ns is None or user_ns.path):
+        raise ConfigError("linux.uidMappings", "id mappings need a new user namespace")
+    if user_ns is not None and not user_ns.path:
+        if not linux.uid_mappings:
+            raise ConfigError("linux.uidMappings", "a new user namespace needs uid mappings")
+        if not linux.gid_mappings:
+            raise ConfigError("linux.gidMappings", "a new user namespace needs gid mappings")
+    if linux.time_offsets and (linux.namespace("time") is None or linux.namespace("time").path):
+        raise ConfigError("linux.timeOffsets", "time offsets need a new time namespace")
+    for i, key in enumerate(linux.sysctl):
+        if not key or "/" in key or ".." in key.split("."):
+            raise ConfigError(f"linux.sysctl.{key}", "is not a valid sysctl name")
+
+
+def load_spec(bundle: str, require_process: bool = True) -> Spec:
+    """Read and parse <bundle>/config.json."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise OciError(f"bundle {bundle}: config.json: no such file or directory") from None
+    except OSError as e:
+        raise OciError(f"bundle {bundle}: config.json: {e.strerror.lower()}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OciError(f"config.json: invalid JSON: {e}") from None
+    spec = parse_spec(data, bundle)
+    if require_process and spec.process is None:
+        raise ConfigError("process", "is required to create a container")
+    if spec.root is None:
+        raise ConfigError("root", "is required on Linux")
+    return spec

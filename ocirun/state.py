@@ -1,0 +1,206 @@
+"""Container state on disk, and the status derived from the live system.
+
+Layout of <root>/<id>/:  state.json (written atomically), config.json (the bundle's config
+as it was at create), exec.fifo (exists from create until start).  The status is never
+read from a file: it is derived from the init's pid + start time, the fifo and the freezer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from ocirun.errors import OciError
+
+DEFAULT_ROOT = "/run/ocirun"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+EXEC_FIFO = "exec.fifo"
+
+_ID_RE = re.compile(r"^[\w+.-]+$")
+
+
+def default_root() -> str:
+    if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ocirun")
+    return DEFAULT_ROOT
+
+
+def check_id(container_id: str) -> str:
+    if not container_id:
+        raise OciError("container id cannot be empty")
+    if not _ID_RE.match(container_id) or container_id in (".", ".."):
+        raise OciError(f"invalid container id {container_id!r}: only letters, digits, "
+                       "'_', '+', '-' and '.' are allowed")
+    return container_id
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None if the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+@dataclass
+class State:
+    id: str
+    bundle: str
+    rootfs: str
+    pid: int = 0
+    pid_start: int = 0
+    created: str = ""
+    owner: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+    oci_version: str = ""
+    cgroup: dict[str, Any] = field(default_factory=dict)
+    systemd_cgroup: bool = False
+    status: str = "creating"  # filled in by derive_status, never trusted from disk
+
+    def to_oci(self) -> dict[str, Any]:
+        """The state JSON of the runtime spec, plus runc's rootfs/created/owner."""
+        return {
+            "ociVersion": self.oci_version, "id": self.id, "pid": self.pid if
+            self.status != "stopped" else 0, "status": self.status, "bundle": self.bundle,
+            "rootfs": self.rootfs, "created": self.created, "owner": self.owner,
+            "annotations": self.annotations,
+        }
+
+    def hook_state(self) -> bytes:
+        """The state given to hooks on stdin (annotations always present)."""
+        data = self.to_oci()
+        data["pid"] = self.pid
+        return json.dumps(data).encode()
+
+
+class ContainerDir:
+    """One container's directory under the state root."""
+
+    def __init__(self, root: str, container_id: str) -> None:
+        self.root = root
+        self.id = check_id(container_id)
+        self.path = os.path.join(root, container_id)
+        self._lock_fd: int | None = None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def make(self) -> None:
+        """Create the directory, refusing an id that is already in use."""
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(self.path, 0o711)
+        except FileExistsError:
+            raise OciError(f"container {self.id!r} already exists") from None
+
+    def __enter__(self) -> "ContainerDir":
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    def lock(self) -> None:
+        if self._lock_fd is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write(self, state: State) -> None:
+        data = asdict(state)
+        del data["status"]
+        tmp = self.file(f".{STATE_FILE}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.rename(tmp, self.file(STATE_FILE))
+
+    def read(self) -> State | None:
+        """The stored record, or None while the container is still being created."""
+        try:
+            with open(self.file(STATE_FILE)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise OciError(f"container {self.id}: corrupt state file: {e}") from None
+        data.pop("status", None)
+        return State(**data)
+
+    def remove(self) -> None:
+        for name in os.listdir(self.path):
+            os.unlink(self.file(name))
+        os.rmdir(self.path)
+        self.unlock()
+
+
+def open_container(root: str, container_id: str) -> ContainerDir:
+    cdir = ContainerDir(root, container_id)
+    if not cdir.exists():
+        raise OciError(f"container {container_id!r} does not exist")
+    return cdir
+
+
+def derive_status(cdir: ContainerDir, state: State | None) -> str:
+    if state is None:
+        return "creating"
+    if not state.pid or process_start_time(state.pid) != state.pid_start:
+        return "stopped"
+    if os.path.exists(cdir.file(EXEC_FIFO)):
+        return "created"
+    if state.cgroup:
+        from ocirun.cgroups import manager_from_state
+        try:
+            if manager_from_state(state.cgroup).is_frozen():
+                return "paused"
+        except (OSError, NotImplementedError):
+            pass
+    return "running"
+
+
+def load(cdir: ContainerDir) -> State:
+    """The container's state with a live status; a container still being created
+    has no record yet and is reported with pid 0."""
+    state = cdir.read()
+    if state is None:
+        state = State(id=cdir.id, bundle="", rootfs="")
+    state.status = derive_status(cdir, state if state.pid else None)
+    return state
+
+
+def list_containers(root: str) -> Iterator[State]:
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            yield load(ContainerDir(root, name))
+        except (OciError, OSError):
+            continue
+
+
+def rfc3339_now() -> str:
+    now = time.time()
+    frac = f"{now % 1:.9f}"[1:]
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + frac + "Z"

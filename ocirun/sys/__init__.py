@@ -1,0 +1,127 @@
+"""The one place that calls libc through ctypes.
+
+Only the calls the standard library lacks (on 3.11) live here.  Each raises OSError with
+the errno and the call's subject, so callers can turn it into a user message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import cache
+
+# mount(2) flags
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 0x20000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MS_LAZYTIME = 0x2000000
+MS_PROPAGATION = MS_SHARED | MS_SLAVE | MS_PRIVATE | MS_UNBINDABLE
+
+MNT_DETACH = 0x2
+
+# clone(2)/unshare(2) flags
+CLONE_NEWTIME = 0x80
+CLONE_NEWNS = 0x20000
+CLONE_NEWCGROUP = 0x2000000
+CLONE_NEWUTS = 0x4000000
+CLONE_NEWIPC = 0x8000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+NAMESPACE_FLAGS = {
+    "mount": CLONE_NEWNS, "cgroup": CLONE_NEWCGROUP, "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC, "user": CLONE_NEWUSER, "pid": CLONE_NEWPID,
+    "network": CLONE_NEWNET, "time": CLONE_NEWTIME,
+}
+# The names of the /proc/<pid>/ns/* files.
+NAMESPACE_FILES = {
+    "mount": "mnt", "cgroup": "cgroup", "uts": "uts", "ipc": "ipc", "user": "user",
+    "pid": "pid", "network": "net", "time": "time",
+}
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# x86_64 syscall numbers of calls glibc 2.36 does not wrap
+_SYS_PIVOT_ROOT = 155
+_SYS_CLOSE_RANGE = 436
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    # CDLL(None) is the already-loaded libc: no find_library (it forks ldconfig).
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str, subject: str | None = None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", subject)
+    return ret
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags),
+                         _b(data)), "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc().umount2(_b(target), flags), "umount", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc().syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root",
+           new_root)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc().unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc().setns(fd, nstype), "setns")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc().setdomainname(raw, len(raw)), "setdomainname")
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
+    if _libc().syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(last), 0) < 0:
+        os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # kernels before 5.9
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                                ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), "prctl")
+
+
+def personality(persona: int) -> None:
+    _check(_libc().personality(ctypes.c_ulong(persona)), "personality")
