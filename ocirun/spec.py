@@ -59,7 +59,8 @@ SECCOMP_FLAGS = ("SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
 
 _OCI_VERSION_RE = re.compile(r"^1\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 _UINT32 = 2**32 - 1
-_INT64_MIN, _UINT64 = -(2**63), 2**64 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_PAGE_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]B$")
 
 
 # ---------------------------------------------------------------------------- model
@@ -362,7 +363,7 @@ def _bool(value: Any, path: str) -> bool:
     return _expect(value, bool, path, "a boolean")
 
 
-def _int(value: Any, path: str, lo: int = _INT64_MIN, hi: int = _UINT64) -> int:
+def _int(value: Any, path: str, lo: int = _INT64_MIN, hi: int = _INT64_MAX) -> int:
     _expect(value, int, path, "an integer")
     if not lo <= value <= hi:
         raise ConfigError(path, f"{value} is out of range [{lo}, {hi}]")
@@ -555,7 +556,7 @@ def _device(v: Any, p: str) -> Device:
     return Device(type=dev_type, path=f.req("path", _abs_path),
                   major=f.opt("major", lambda x, q: _int(x, q, 0)),
                   minor=f.opt("minor", lambda x, q: _int(x, q, 0)),
-                  file_mode=f.opt("fileMode", lambda x, q: _int(x, q, 0, 0o7777)),
+                  file_mode=f.opt("fileMode", lambda x, q: _int(x, q, 0, 0o777)),
                   uid=f.opt("uid", _uint32), gid=f.opt("gid", _uint32))
 
 
@@ -574,7 +575,7 @@ def _memory(v: Any, p: str) -> Memory:
     return Memory(limit=f.opt("limit", _int), reservation=f.opt("reservation", _int),
                   swap=f.opt("swap", _int), kernel=f.opt("kernel", _int),
                   kernel_tcp=f.opt("kernelTCP", _int),
-                  swappiness=f.opt("swappiness", lambda x, q: _int(x, q, 0)),
+                  swappiness=f.opt("swappiness", lambda x, q: _int(x, q, 0, 100)),
                   disable_oom_killer=f.opt("disableOOMKiller", _bool),
                   use_hierarchy=f.opt("useHierarchy", _bool),
                   check_before_update=f.opt("checkBeforeUpdate", _bool))
@@ -621,7 +622,10 @@ def _block_io(v: Any, p: str) -> BlockIO:
 
 def _hugepage_limit(v: Any, p: str) -> HugepageLimit:
     f = _Fields(v, p)
-    return HugepageLimit(page_size=f.req("pageSize", _string),
+    page_size = f.req("pageSize", _string)
+    if not _PAGE_SIZE_RE.match(page_size):
+        raise ConfigError(f.at("pageSize"), f"{page_size!r} is not a page size like 2MB")
+    return HugepageLimit(page_size=page_size,
                          limit=f.req("limit", lambda x, q: _int(x, q, 0)))
 
 
@@ -739,6 +743,13 @@ def _oci_version(v: Any, p: str) -> str:
     return v
 
 
+def _annotations(v: Any, p: str) -> dict[str, str]:
+    annotations = _str_map(v, p)
+    if "" in annotations:
+        raise ConfigError(p, "annotation keys must not be empty")
+    return annotations
+
+
 # --------------------------------------------------------------------------- entry
 def parse_spec(data: Any, bundle: str = ".") -> Spec:
     """Parse a decoded config.json; relative root.path is resolved against `bundle`."""
@@ -760,7 +771,7 @@ def parse_spec(data: Any, bundle: str = ".") -> Spec:
         domainname=f.opt("domainname", _string),
         mounts=f.opt("mounts", lambda x, q: _list(x, q, _mount), ()),
         hooks=f.opt("hooks", _hooks, Hooks()),
-        annotations=f.opt("annotations", _str_map, {}),
+        annotations=f.opt("annotations", _annotations, {}),
         linux=f.opt("linux", _linux, Linux()),
     )
     _check_semantics(spec)
@@ -785,8 +796,8 @@ def _check_semantics(spec: Spec) -> None:
             raise ConfigError("linux.gidMappings", "a new user namespace needs gid mappings")
     if linux.time_offsets and (linux.namespace("time") is None or linux.namespace("time").path):
         raise ConfigError("linux.timeOffsets", "time offsets need a new time namespace")
-    for i, key in enumerate(linux.sysctl):
-        if not key or "/" in key or ".." in key.split("."):
+    for key in linux.sysctl:
+        if not key or "/" in key or any(not part for part in key.split(".")):
             raise ConfigError(f"linux.sysctl.{key}", "is not a valid sysctl name")
 
 
