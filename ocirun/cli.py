@@ -33,6 +33,7 @@ class Command:
     min_args: int = 1
     max_args: int = 1
     summary: str = ""
+    stop_at_arg: bool = False  # flags end at the first argument (exec ID CMD -flags...)
 
 
 _CREATE_FLAGS = (
@@ -72,6 +73,24 @@ COMMANDS: dict[str, Command] = {
                         summary="check a bundle's config.json against the runtime spec"),
     "pause": Command("pause <container-id>", summary="freeze every process of a container"),
     "resume": Command("resume <container-id>", summary="thaw a paused container"),
+    "exec": Command("exec [flags] <container-id> [--] <command> [args...]", (
+        Flag("process", STR, ("--process", "-p")),
+        Flag("detach", BOOL, ("--detach", "-d"), False),
+        Flag("pid_file", STR, ("--pid-file",)),
+        Flag("tty", BOOL, ("--tty", "-t")),
+        Flag("console_socket", STR, ("--console-socket",)),
+        Flag("cwd", STR, ("--cwd",)),
+        Flag("env", STR, ("--env", "-e"), (), True),
+        Flag("user", STR, ("--user", "-u")),
+        Flag("additional_gids", INT, ("--additional-gids", "-g"), (), True),
+        Flag("cap", STR, ("--cap", "-c"), (), True),
+        Flag("no_new_privs", BOOL, ("--no-new-privs",)),
+        Flag("preserve_fds", INT, ("--preserve-fds",), 0),
+        Flag("process_label", STR, ("--process-label",)),
+        Flag("apparmor", STR, ("--apparmor",)),
+        Flag("ignore_paused", BOOL, ("--ignore-paused",), False),
+        Flag("cgroup", STR, ("--cgroup",), (), True),
+    ), 1, 1 << 16, "run a new process in a running container", stop_at_arg=True),
     "ps": Command("ps [--format table|json] <container-id>",
                   (Flag("format", STR, ("--format", "-f"), "table"),),
                   summary="list the processes of a container"),
@@ -146,6 +165,8 @@ def parse_flags(argv: list[str], flags: tuple[Flag, ...], stop_at_arg: bool) -> 
             if i >= len(argv):
                 raise UsageError(f"flag needs an argument: {name}")
             value = _parse_value(flag, name, argv[i])
+        if flag.repeat:
+            value = [*(parsed.values[flag.dest] or ()), value]
         parsed.values[flag.dest] = value
         i += 1
     return parsed, []
@@ -308,6 +329,26 @@ def _cmd_resume(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     return 0
 
 
+def _cmd_exec(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.exec import ExecOptions, exec_in
+    container_id, command = args[0], args[1:]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if v["process"] and command:
+        raise UsageError("exec: give either --process or a command, not both")
+    if v["preserve_fds"] < 0:
+        raise UsageError("--preserve-fds must not be negative")
+    opts = ExecOptions(
+        args=tuple(command), process_file=v["process"], detach=v["detach"],
+        pid_file=v["pid_file"], tty=v["tty"], console_socket=v["console_socket"],
+        cwd=v["cwd"], env=tuple(v["env"]), user=v["user"],
+        additional_gids=tuple(v["additional_gids"]), caps=tuple(v["cap"]),
+        no_new_privs=v["no_new_privs"], preserve_fds=v["preserve_fds"],
+        process_label=v["process_label"], apparmor=v["apparmor"],
+        ignore_paused=v["ignore_paused"])
+    return exec_in(_root(g), container_id, opts)
+
+
 def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     pids = _cgroup_of_running(g, args[0], ("created", "running", "paused"), "list "
                               "processes of").pids()
@@ -324,6 +365,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any], list[str]], int]] 
     "create": _cmd_create, "run": _cmd_run, "start": _cmd_start, "state": _cmd_state,
     "kill": _cmd_kill, "delete": _cmd_delete, "list": _cmd_list, "spec": _cmd_spec,
     "validate": _cmd_validate, "pause": _cmd_pause, "resume": _cmd_resume, "ps": _cmd_ps,
+    "exec": _cmd_exec,
 }
 
 
@@ -349,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         if command is None:
             raise UsageError(f"unknown command {name!r} (see ocirun --help)")
         try:
-            parsed, _ = parse_flags(rest, command.flags, stop_at_arg=False)
+            parsed, tail = parse_flags(rest, command.flags, stop_at_arg=command.stop_at_arg)
+            parsed.args += tail
         except _Help:
             print(f"usage: ocirun {command.usage}")
             return 0

@@ -148,18 +148,15 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     run_hooks(spec.hooks.create_container, state_json, "createContainer")
     if new_rootfs:
         rootfs.pivot(spec.root.path, cfg.no_pivot)
-        rootfs.finish(spec)
-    for key, value in linux.sysctl.items():
+    for key, value in linux.sysctl.items():  # before readonlyPaths covers /proc/sys
         _write(f"/proc/sys/{key.replace('.', '/')}", value, f"sysctl {key}")
+    if new_rootfs:
+        rootfs.finish(spec)
     if process.oom_score_adj is not None:
         _write("/proc/self/oom_score_adj", str(process.oom_score_adj), "oomScoreAdj")
-    _set_rlimits(process.rlimits)
     if linux.personality is not None:
         ksys.personality(0x0008 if linux.personality.domain == "LINUX32" else 0)
-    os.chdir(process.cwd)
-    if cfg.seccomp is not None and not process.no_new_privileges:
-        _load_seccomp(ch, cfg)  # without no_new_privs it needs CAP_SYS_ADMIN: load now
-    caps.apply(process, setgroups_allowed=_setgroups_allowed(in_userns))
+    prepare_process(ch, process, cfg.seccomp, in_userns)
     executable(process.args[0], process.env)  # fail at create, as runc does
     ch.send("ready")
     ch.close()
@@ -195,9 +192,54 @@ def _set_rlimits(rlimits: tuple[Any, ...]) -> None:
             raise OciError(f"setting {rl.type} to {rl.soft}/{rl.hard}: {e}") from None
 
 
-def _load_seccomp(ch: Channel | None, cfg: InitConfig) -> None:
+def _seccomp_early(process: Any, seccomp: Any) -> bool:
+    """Load before dropping capabilities: without no_new_privs the kernel wants
+    CAP_SYS_ADMIN, and a notify listener must reach the runtime before it exits."""
+    return seccomp is not None and (not process.no_new_privileges or seccomp.uses_notify)
+
+
+def prepare_process(ch: Channel | None, process: Any, seccomp: Any, in_userns: bool) -> None:
+    """The security setup every container process gets (the init and each exec'd
+    one), in order: rlimits, cwd, an early seccomp filter, user and capabilities."""
+    from ocirun import caps
+    _set_rlimits(process.rlimits)
+    try:
+        os.chdir(process.cwd)
+    except OSError as e:
+        raise OciError(f"chdir to cwd ({process.cwd!r}) set in config.json failed: "
+                       f"{os.strerror(e.errno).lower()}") from None
+    if _seccomp_early(process, seccomp):
+        _load_seccomp(ch, seccomp)
+    caps.apply(process, setgroups_allowed=_setgroups_allowed(in_userns))
+
+
+def exec_process(process: Any, seccomp: Any, preserve_fds: int,
+                 ch: Channel | None = None) -> NoReturn:
+    """The end of every container process: resolve args[0], load a late seccomp
+    filter (no_new_privs set), close every fd but stdio and the preserved ones, execve.
+    `ch` (close-on-exec) stays open so that a failure can still be reported on it."""
+    env = env_dict(process.env)
+    env.setdefault("HOME", _home(process.user.uid))
+    path = executable(process.args[0], process.env)
+    if seccomp is not None and not _seccomp_early(process, seccomp):
+        _load_seccomp(ch, seccomp)
+    first = 3 + preserve_fds
+    for fd in range(3, first):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass  # not open: nothing to preserve
+    keep = ch.fileno() if ch is not None else -1
+    if keep > first:
+        ksys.close_range(first, keep - 1)
+    ksys.close_range(max(first, keep + 1))
+    os.execve(path, list(process.args), env)
+    raise AssertionError("execve returned")
+
+
+def _load_seccomp(ch: Channel | None, prepared: Any) -> None:
     from ocirun import seccomp
-    listener = seccomp.load(cfg.seccomp)
+    listener = seccomp.load(prepared)
     if listener is not None:
         if ch is None:
             raise OciError("seccomp notify listener created after the runtime exited")
@@ -253,15 +295,7 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
         os.close(cfg.state_dir_fd)
         if cfg.spec.hooks.start_container:
             run_hooks(cfg.spec.hooks.start_container, state_json, "startContainer")
-        if cfg.seccomp is not None and process.no_new_privileges:
-            _load_seccomp(None, cfg)
-        env = env_dict(process.env)
-        env.setdefault("HOME", _home(process.user.uid))
-        path = executable(process.args[0], process.env)
-        for fd in range(3, 3 + cfg.preserve_fds):
-            os.set_inheritable(fd, True)
-        ksys.close_range(3 + cfg.preserve_fds)
-        os.execve(path, list(process.args), env)
+        exec_process(process, cfg.seccomp, cfg.preserve_fds)
     except OciError as e:
         _die(e.message, e.exit_code)
     except OSError as e:

@@ -801,6 +801,16 @@ def _check_semantics(spec: Spec) -> None:
             raise ConfigError(f"linux.sysctl.{key}", "is not a valid sysctl name")
 
 
+def parse_process(data: Any) -> Process:
+    """A decoded process object on its own (`exec --process FILE`)."""
+    return _process(data, "process")
+
+
+def parse_resources(data: Any) -> Resources:
+    """A decoded linux.resources object on its own (`update --resources FILE`)."""
+    return _resources(data, "resources")
+
+
 def load_spec(bundle: str, require_process: bool = True) -> Spec:
     """Read and parse <bundle>/config.json."""
     path = os.path.join(bundle, "config.json")

