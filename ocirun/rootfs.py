@@ -272,8 +272,7 @@ def readonly_paths(paths: tuple[str, ...]) -> None:
     for path in paths:
         try:
             ksys.mount(path, path, None, ksys.MS_BIND | ksys.MS_REC)
-            remount_bind(path, ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV |
-                         ksys.MS_NOEXEC)
+            remount_bind(path, ksys.MS_RDONLY)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 continue

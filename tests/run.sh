@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install what the tests need (idempotent) and run every test: the pytest suite on this
+# host, the cgroup tests again in a pure cgroup v2 guest, and the conformance suite.
+# Run as root from anywhere.
+set -eu
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+need=""
+for pkg in python3 python3-pip python3-dev gcc libcap-dev libseccomp2 busybox-static runc crun \
+           golang-github-containers-common; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
+done
+if [ -n "$need" ]; then
+  apt-get update -qq
+  apt-get install -y -qq $need >/dev/null
+fi
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --root-user-action=ignore \
+  --no-warn-script-location -e '.[test]'
+[ -x tests/setup-engines.sh ] && tests/setup-engines.sh
+status=0
+if [ -x conformance/run ]; then
+  conformance/run --runtime ocirun || status=1
+fi
+if [ -x tests/cgroup2_vm.sh ] && [ "${OCIRUN_SKIP_VM:-0}" != 1 ]; then
+  tests/cgroup2_vm.sh || status=1
+fi
+python3 -m pytest -q -p no:cacheprovider tests || status=1
+exit $status
