@@ -8,17 +8,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from ocirun import __version__, OCI_VERSION, log
 from ocirun.errors import OciError
+from ocirun.record import Record
 
 BOOL, STR, INT = "bool", "str", "int"
 
 
-@dataclass(frozen=True)
-class Flag:
+class Flag(Record):
     dest: str
     kind: str
     names: tuple[str, ...]
@@ -26,8 +27,7 @@ class Flag:
     repeat: bool = False
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(Record):
     usage: str
     flags: tuple[Flag, ...] = ()
     min_args: int = 1
@@ -91,6 +91,30 @@ COMMANDS: dict[str, Command] = {
         Flag("ignore_paused", BOOL, ("--ignore-paused",), False),
         Flag("cgroup", STR, ("--cgroup",), (), True),
     ), 1, 1 << 16, "run a new process in a running container", stop_at_arg=True),
+    "update": Command("update [--resources FILE|-] [flags] <container-id>", (
+        Flag("resources", STR, ("--resources", "-r")),
+        Flag("memory", STR, ("--memory",)),
+        Flag("memory_reservation", STR, ("--memory-reservation",)),
+        Flag("memory_swap", STR, ("--memory-swap",)),
+        Flag("kernel_memory", STR, ("--kernel-memory",)),
+        Flag("kernel_memory_tcp", STR, ("--kernel-memory-tcp",)),
+        Flag("cpu_shares", STR, ("--cpu-share", "--cpu-shares")),
+        Flag("cpu_quota", STR, ("--cpu-quota",)),
+        Flag("cpu_period", STR, ("--cpu-period",)),
+        Flag("cpu_rt_period", STR, ("--cpu-rt-period",)),
+        Flag("cpu_rt_runtime", STR, ("--cpu-rt-runtime",)),
+        Flag("cpu_idle", STR, ("--cpu-idle",)),
+        Flag("cpuset_cpus", STR, ("--cpuset-cpus",)),
+        Flag("cpuset_mems", STR, ("--cpuset-mems",)),
+        Flag("blkio_weight", STR, ("--blkio-weight",)),
+        Flag("pids_limit", STR, ("--pids-limit",)),
+    ), summary="change the resource limits of a running container"),
+    "events": Command("events [--stats] [--interval 5s] <container-id>", (
+        Flag("stats", BOOL, ("--stats",), False),
+        Flag("interval", STR, ("--interval",), "5s"),
+    ), summary="print resource usage and OOM events as JSON lines"),
+    "features": Command("features", (), 0, 0,
+                        summary="print the features this runtime supports (JSON)"),
     "ps": Command("ps [--format table|json] <container-id>",
                   (Flag("format", STR, ("--format", "-f"), "table"),),
                   summary="list the processes of a container"),
@@ -111,10 +135,10 @@ class UsageError(OciError):
     pass
 
 
-@dataclass
 class Parsed:
-    values: dict[str, Any] = field(default_factory=dict)
-    args: list[str] = field(default_factory=list)
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.args: list[str] = []
 
 
 def _parse_value(flag: Flag, name: str, raw: str) -> Any:
@@ -185,14 +209,8 @@ def _usage() -> str:
 
 
 def _version() -> str:
-    lines = [f"ocirun version {__version__}", f"spec: {OCI_VERSION}",
-             f"python: {sys.version.split()[0]}"]
-    try:
-        from ocirun.seccomp import libseccomp_version
-        lines.append(f"libseccomp: {libseccomp_version()}")
-    except Exception:  # noqa: BLE001 - the version line is optional
-        pass
-    return "\n".join(lines)
+    from ocirun.features import version_text
+    return version_text()
 
 
 def parse_signal(raw: str) -> int:
@@ -223,7 +241,7 @@ def _create_options(v: dict[str, Any], g: dict[str, Any]) -> Any:
     return CreateOptions(bundle=v["bundle"], pid_file=v["pid_file"],
                          console_socket=v["console_socket"], no_pivot=v["no_pivot"],
                          no_new_keyring=v["no_new_keyring"], preserve_fds=v["preserve_fds"],
-                         systemd_cgroup=g["systemd_cgroup"])
+                         systemd_cgroup=g["systemd_cgroup"], rootless=g["rootless"])
 
 
 def _cmd_create(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
@@ -349,6 +367,25 @@ def _cmd_exec(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     return exec_in(_root(g), container_id, opts)
 
 
+def _cmd_update(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.update import FLAG_FIELDS, build_resources, update
+    resources = build_resources(v["resources"], {k: v[k] for k in FLAG_FIELDS})
+    update(_root(g), args[0], resources)
+    return 0
+
+
+def _cmd_events(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.events import events, parse_duration
+    events(_root(g), args[0], v["stats"], parse_duration(v["interval"]))
+    return 0
+
+
+def _cmd_features(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    from ocirun.features import features
+    print(json.dumps(features(), indent=4))
+    return 0
+
+
 def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     pids = _cgroup_of_running(g, args[0], ("created", "running", "paused"), "list "
                               "processes of").pids()
@@ -365,7 +402,8 @@ HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any], list[str]], int]] 
     "create": _cmd_create, "run": _cmd_run, "start": _cmd_start, "state": _cmd_state,
     "kill": _cmd_kill, "delete": _cmd_delete, "list": _cmd_list, "spec": _cmd_spec,
     "validate": _cmd_validate, "pause": _cmd_pause, "resume": _cmd_resume, "ps": _cmd_ps,
-    "exec": _cmd_exec,
+    "exec": _cmd_exec, "update": _cmd_update, "events": _cmd_events,
+    "features": _cmd_features,
 }
 
 
@@ -419,3 +457,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.error(f"internal error: {type(e).__name__}: {e}")
         return 1
+
+
+def main_and_exit() -> None:
+    """main(), then leave without the interpreter's teardown (nothing is left to flush)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

@@ -9,28 +9,33 @@ interpreter state (atexit, buffered files) may run twice.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import sys
-from dataclasses import dataclass
-from typing import Any, NoReturn
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 from ocirun import sys as ksys
 from ocirun.errors import OciError
+from ocirun.record import Record
 from ocirun.spec import Spec
 from ocirun.sync import Channel
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True)
-class InitConfig:
+class InitConfig(Record):
     spec: Spec
     bundle: str
     state_dir_fd: int  # O_PATH fd of the container's state dir: reaches exec.fifo after pivot
     no_pivot: bool = False
     preserve_fds: int = 0
     seccomp: Any = None  # ocirun.seccomp.PreparedFilter, compiled before fork
+    console_fd: int | None = None  # connected console socket: the pty master goes there
+    listen_fds: int = 0  # systemd socket-activation fds, passed at 3.. before preserve_fds
 
 
 def _fail(ch: Channel, e: BaseException) -> NoReturn:
@@ -52,6 +57,7 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
         ch.expect("go")  # the parent has put us in the container's cgroup
+        _preload(cfg)  # still the runtime's user and mounts: the library is reachable
         linux = cfg.spec.linux
         _join_namespaces(cfg.spec)
         new_flags = 0
@@ -82,10 +88,12 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
 
 
 def _join_namespaces(spec: Spec) -> None:
+    """setns into every namespace given by path.  Every file is opened first (a join
+    may hide the others' paths).  Order: what the runtime's own credentials allow
+    first, then the user namespace (which changes what we may join), then what was
+    refused before it, the mount namespace last (it changes our root)."""
+    import errno
     joins = [ns for ns in spec.linux.namespaces if ns.path]
-    # The user namespace first (it owns the others); mount last, since after it the
-    # other paths may no longer resolve.  Every file is opened before any join.
-    joins.sort(key=lambda ns: (ns.type != "user", ns.type == "mount"))
     fds = []
     try:
         for ns in joins:
@@ -94,12 +102,32 @@ def _join_namespaces(spec: Spec) -> None:
             except OSError as e:
                 raise OciError(f"joining {ns.type} namespace {ns.path}: "
                                f"{os.strerror(e.errno).lower()}") from None
-        for ns, fd in fds:
+
+        def join(ns: Any, fd: int) -> None:
             try:
                 ksys.setns(fd, ksys.NAMESPACE_FLAGS[ns.type])
             except OSError as e:
                 raise OciError(f"joining {ns.type} namespace {ns.path}: "
                                f"{os.strerror(e.errno).lower()}") from None
+
+        user = [(ns, fd) for ns, fd in fds if ns.type == "user"]
+        mount = [(ns, fd) for ns, fd in fds if ns.type == "mount"]
+        later = []
+        for ns, fd in fds:
+            if ns.type in ("user", "mount"):
+                continue
+            if not user:
+                join(ns, fd)
+                continue
+            try:
+                ksys.setns(fd, ksys.NAMESPACE_FLAGS[ns.type])
+            except OSError as e:
+                if e.errno != errno.EPERM:
+                    raise OciError(f"joining {ns.type} namespace {ns.path}: "
+                                   f"{os.strerror(e.errno).lower()}") from None
+                later.append((ns, fd))
+        for ns, fd in user + later + mount:
+            join(ns, fd)
     finally:
         for _ns, fd in fds:
             os.close(fd)
@@ -114,16 +142,26 @@ def init(ch: Channel, cfg: InitConfig) -> NoReturn:
     _wait_and_exec(cfg, state_json)
 
 
-def _setup(ch: Channel, cfg: InitConfig) -> bytes:
-    """Everything up to "ready"; returns the state JSON the parent gave for hooks."""
-    # Everything the init will use is imported now: after pivot_root the interpreter's
-    # library is out of reach.
+def _preload(cfg: InitConfig) -> None:
+    """Import everything the init will use.  It runs in stage1 before any namespace
+    is joined or made: in a user namespace the interpreter's library may be unreadable
+    to the mapped root (e.g. under /root), and after pivot_root it is out of reach."""
     import resource  # noqa: F401 - used by _set_rlimits
     import _prctl  # noqa: F401 - used by caps.apply
-    from ocirun import caps, devices, rootfs
-    from ocirun.hooks import run_hooks
+    from ocirun import caps, devices, hooks, rootfs  # noqa: F401
+    if cfg.console_fd is not None:
+        from ocirun import console  # noqa: F401
     if cfg.seccomp is not None:
         from ocirun import seccomp  # noqa: F401 - used by _load_seccomp
+
+
+def _setup(ch: Channel, cfg: InitConfig) -> bytes:
+    """Everything up to "ready"; returns the state JSON the parent gave for hooks."""
+    _preload(cfg)  # already done by stage1: these are lookups in sys.modules
+    from ocirun import devices, rootfs
+    from ocirun.hooks import run_hooks
+    if cfg.console_fd is not None:
+        from ocirun import console
 
     spec = cfg.spec
     process = spec.process
@@ -145,9 +183,15 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     ch.send("hooks")  # prestart + createRuntime run in the runtime's namespaces
     msg, _ = ch.expect("go")
     state_json = msg["state"].encode()
-    run_hooks(spec.hooks.create_container, state_json, "createContainer")
+    if spec.hooks.create_container:
+        run_hooks(spec.hooks.create_container, container_hook_state(state_json, "creating"),
+                  "createContainer")
     if new_rootfs:
         rootfs.pivot(spec.root.path, cfg.no_pivot)
+    if cfg.console_fd is not None:
+        # After pivot_root, so the pty comes from the container's own devpts; before
+        # the root may go read-only, so /dev/console can still be created.
+        console.setup_console(cfg.console_fd, process.console_size, new_rootfs)
     for key, value in linux.sysctl.items():  # before readonlyPaths covers /proc/sys
         _write(f"/proc/sys/{key.replace('.', '/')}", value, f"sysctl {key}")
     if new_rootfs:
@@ -161,6 +205,23 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     ch.send("ready")
     ch.close()
     return state_json
+
+
+def container_hook_state(state_json: bytes, status: str) -> bytes:
+    """The state for a hook run in the container's namespaces: the status of that
+    moment, and the pid as the container sees it (runtime-spec, State)."""
+    data = json.loads(state_json)
+    data["status"] = status
+    data["pid"] = os.getpid()
+    return json.dumps(data).encode()
+
+
+def reset_signals() -> None:
+    """Undo what the interpreter changed: CPython ignores SIGPIPE and SIGXFSZ, and an
+    ignored signal stays ignored across execve."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _write(path: str, value: str, what: str) -> None:
@@ -214,13 +275,16 @@ def prepare_process(ch: Channel | None, process: Any, seccomp: Any, in_userns: b
 
 
 def exec_process(process: Any, seccomp: Any, preserve_fds: int,
-                 ch: Channel | None = None) -> NoReturn:
+                 ch: Channel | None = None, keep_fd: int = -1,
+                 extra_env: tuple[str, ...] = ()) -> NoReturn:
     """The end of every container process: resolve args[0], load a late seccomp
     filter (no_new_privs set), close every fd but stdio and the preserved ones, execve.
-    `ch` (close-on-exec) stays open so that a failure can still be reported on it."""
-    env = env_dict(process.env)
+    `ch` or `keep_fd` (close-on-exec) stays open so that a failure can still be
+    reported on it.  `extra_env` entries override the process's own."""
+    env = env_dict(process.env + extra_env)
     env.setdefault("HOME", _home(process.user.uid))
-    path = executable(process.args[0], process.env)
+    path = executable(process.args[0], process.env + extra_env)
+    reset_signals()
     if seccomp is not None and not _seccomp_early(process, seccomp):
         _load_seccomp(ch, seccomp)
     first = 3 + preserve_fds
@@ -229,7 +293,7 @@ def exec_process(process: Any, seccomp: Any, preserve_fds: int,
             os.set_inheritable(fd, True)
         except OSError:
             pass  # not open: nothing to preserve
-    keep = ch.fileno() if ch is not None else -1
+    keep = ch.fileno() if ch is not None else keep_fd
     if keep > first:
         ksys.close_range(first, keep - 1)
     ksys.close_range(max(first, keep + 1))
@@ -282,32 +346,59 @@ def _home(uid: int) -> str:
     return "/"
 
 
+# The exec fifo, init side.  `start` opens it for reading; the init then writes
+#   "0"  released: startContainer hooks run next,
+#   "1"  the hooks passed: execve follows,
+#   "E" + JSON {"msg", "code"}  on a failure before execve,
+# and the write end, close-on-exec, reaches EOF at execve (or at the init's death).
+# So `start` returns only once the process runs, and reports what stopped it.
+FIFO_RELEASED, FIFO_EXECUTING, FIFO_ERROR = b"0", b"1", b"E"
+
+
 def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
     from ocirun.hooks import run_hooks
 
     process = cfg.spec.process
     assert process is not None
+    fifo = -1
     try:
         os.umask(process.user.umask if process.user.umask is not None else 0o022)
         fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=cfg.state_dir_fd)
-        os.write(fifo, b"0")
-        os.close(fifo)
+        os.write(fifo, FIFO_RELEASED)
         os.close(cfg.state_dir_fd)
         if cfg.spec.hooks.start_container:
-            run_hooks(cfg.spec.hooks.start_container, state_json, "startContainer")
-        exec_process(process, cfg.seccomp, cfg.preserve_fds)
+            run_hooks(cfg.spec.hooks.start_container,
+                      container_hook_state(state_json, "created"), "startContainer")
+        _fifo_write(fifo, FIFO_EXECUTING)
+        extra_env: tuple[str, ...] = ()
+        if cfg.listen_fds:
+            extra_env = (f"LISTEN_FDS={cfg.listen_fds}", "LISTEN_PID=1")
+        exec_process(process, cfg.seccomp, cfg.listen_fds + cfg.preserve_fds,
+                     keep_fd=fifo, extra_env=extra_env)
     except OciError as e:
-        _die(e.message, e.exit_code)
+        _die(e.message, e.exit_code, fifo)
     except OSError as e:
         _die(f"exec {process.args[0]}: {os.strerror(e.errno).lower()}",
-             126 if e.errno in (13, 1) else 127)
+             126 if e.errno in (13, 1) else 127, fifo)
     except BaseException as e:  # noqa: BLE001
-        _die(f"internal error: {e}", 1)
+        _die(f"internal error: {e}", 1, fifo)
 
 
-def _die(msg: str, code: int) -> NoReturn:
+def _fifo_write(fifo: int, data: bytes) -> None:
+    try:
+        os.write(fifo, data)
+    except OSError:
+        pass  # `start` went away: the container goes on all the same
+
+
+def _die(msg: str, code: int, fifo: int = -1) -> NoReturn:
     try:
         os.write(2, f"ocirun: {msg}\n".encode())
+    except OSError:
+        pass
+    try:
+        if fifo >= 0:
+            _fifo_write(fifo, FIFO_ERROR + json.dumps({"msg": msg, "code": code}).encode())
     finally:
         sys.stderr = None  # type: ignore[assignment]
         os._exit(code)

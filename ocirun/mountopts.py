@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ocirun.record import Record
 
 from ocirun import sys as ksys
 
@@ -38,8 +38,7 @@ PROPAGATION: dict[str, int] = {
 _RUNTIME_ONLY = {"tmpcopyup", "idmap", "ridmap", "copy-symlink"}
 
 
-@dataclass(frozen=True)
-class MountOptions:
+class MountOptions(Record):
     flags: int
     propagation: tuple[int, ...]
     data: str

@@ -1,8 +1,8 @@
-"""config.json -> frozen dataclasses.
+"""config.json -> frozen, typed records (ocirun.record.Record).
 
 The parser is strict about the fields it knows (type, enum, required) and ignores the
 ones it does not.  Every error names the JSON path of the offending value.  This is the
-only model of the configuration: the rest of ocirun reads these dataclasses.
+only model of the configuration: the rest of ocirun reads these records.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from ocirun.record import Record
 
 from ocirun.errors import ConfigError, OciError
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+
+    T = TypeVar("T")
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
@@ -64,16 +67,14 @@ _PAGE_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]B$")
 
 
 # ---------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class User:
+class User(Record):
     uid: int = 0
     gid: int = 0
     umask: int | None = None
     additional_gids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(Record):
     bounding: tuple[str, ...] = ()
     effective: tuple[str, ...] = ()
     inheritable: tuple[str, ...] = ()
@@ -81,21 +82,18 @@ class Capabilities:
     ambient: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Rlimit:
+class Rlimit(Record):
     type: str
     soft: int
     hard: int
 
 
-@dataclass(frozen=True)
-class ConsoleSize:
+class ConsoleSize(Record):
     height: int
     width: int
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(Record):
     args: tuple[str, ...]
     cwd: str
     user: User = User()
@@ -110,21 +108,18 @@ class Process:
     oom_score_adj: int | None = None
 
 
-@dataclass(frozen=True)
-class Root:
+class Root(Record):
     path: str  # absolute: resolved against the bundle
     readonly: bool = False
 
 
-@dataclass(frozen=True)
-class IdMapping:
+class IdMapping(Record):
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     destination: str
     type: str | None = None
     source: str | None = None
@@ -133,16 +128,14 @@ class Mount:
     gid_mappings: tuple[IdMapping, ...] = ()
 
 
-@dataclass(frozen=True)
-class Hook:
+class Hook(Record):
     path: str
     args: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
     timeout: int | None = None
 
 
-@dataclass(frozen=True)
-class Hooks:
+class Hooks(Record):
     prestart: tuple[Hook, ...] = ()
     create_runtime: tuple[Hook, ...] = ()
     create_container: tuple[Hook, ...] = ()
@@ -151,14 +144,12 @@ class Hooks:
     poststop: tuple[Hook, ...] = ()
 
 
-@dataclass(frozen=True)
-class Namespace:
+class Namespace(Record):
     type: str
     path: str | None = None
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Record):
     type: str
     path: str
     major: int | None = None
@@ -168,8 +159,7 @@ class Device:
     gid: int | None = None
 
 
-@dataclass(frozen=True)
-class DeviceRule:
+class DeviceRule(Record):
     allow: bool
     type: str | None = None  # a, b, c; None means all
     major: int | None = None  # None means any (*)
@@ -177,8 +167,7 @@ class DeviceRule:
     access: str | None = None  # subset of "rwm"; None means all
 
 
-@dataclass(frozen=True)
-class Memory:
+class Memory(Record):
     limit: int | None = None
     reservation: int | None = None
     swap: int | None = None
@@ -190,8 +179,7 @@ class Memory:
     check_before_update: bool | None = None
 
 
-@dataclass(frozen=True)
-class Cpu:
+class Cpu(Record):
     shares: int | None = None
     quota: int | None = None
     burst: int | None = None
@@ -203,23 +191,20 @@ class Cpu:
     idle: int | None = None
 
 
-@dataclass(frozen=True)
-class WeightDevice:
+class WeightDevice(Record):
     major: int
     minor: int
     weight: int | None = None
     leaf_weight: int | None = None
 
 
-@dataclass(frozen=True)
-class ThrottleDevice:
+class ThrottleDevice(Record):
     major: int
     minor: int
     rate: int
 
 
-@dataclass(frozen=True)
-class BlockIO:
+class BlockIO(Record):
     weight: int | None = None
     leaf_weight: int | None = None
     weight_device: tuple[WeightDevice, ...] = ()
@@ -229,32 +214,27 @@ class BlockIO:
     throttle_write_iops_device: tuple[ThrottleDevice, ...] = ()
 
 
-@dataclass(frozen=True)
-class HugepageLimit:
+class HugepageLimit(Record):
     page_size: str
     limit: int
 
 
-@dataclass(frozen=True)
-class NetworkPriority:
+class NetworkPriority(Record):
     name: str
     priority: int
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(Record):
     class_id: int | None = None
     priorities: tuple[NetworkPriority, ...] = ()
 
 
-@dataclass(frozen=True)
-class Rdma:
+class Rdma(Record):
     hca_handles: int | None = None
     hca_objects: int | None = None
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(Record):
     devices: tuple[DeviceRule, ...] = ()
     memory: Memory | None = None
     cpu: Cpu | None = None
@@ -262,28 +242,25 @@ class Resources:
     block_io: BlockIO | None = None
     hugepage_limits: tuple[HugepageLimit, ...] = ()
     network: Network | None = None
-    rdma: dict[str, Rdma] = field(default_factory=dict)
-    unified: dict[str, str] = field(default_factory=dict)
+    rdma: dict[str, Rdma] = {}
+    unified: dict[str, str] = {}
 
 
-@dataclass(frozen=True)
-class SyscallArg:
+class SyscallArg(Record):
     index: int
     value: int
     op: str
     value_two: int = 0
 
 
-@dataclass(frozen=True)
-class SyscallRule:
+class SyscallRule(Record):
     names: tuple[str, ...]
     action: str
     errno_ret: int | None = None
     args: tuple[SyscallArg, ...] = ()
 
 
-@dataclass(frozen=True)
-class Seccomp:
+class Seccomp(Record):
     default_action: str
     default_errno_ret: int | None = None
     architectures: tuple[str, ...] = ()
@@ -293,24 +270,22 @@ class Seccomp:
     syscalls: tuple[SyscallRule, ...] = ()
 
 
-@dataclass(frozen=True)
-class Personality:
+class Personality(Record):
     domain: str
     flags: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Linux:
+class Linux(Record):
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()
     gid_mappings: tuple[IdMapping, ...] = ()
-    time_offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    time_offsets: dict[str, tuple[int, int]] = {}
     devices: tuple[Device, ...] = ()
     cgroups_path: str | None = None
     resources: Resources | None = None
     rootfs_propagation: str | None = None
     seccomp: Seccomp | None = None
-    sysctl: dict[str, str] = field(default_factory=dict)
+    sysctl: dict[str, str] = {}
     masked_paths: tuple[str, ...] = ()
     readonly_paths: tuple[str, ...] = ()
     mount_label: str | None = None
@@ -323,8 +298,7 @@ class Linux:
         return None
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(Record):
     oci_version: str
     root: Root | None = None
     process: Process | None = None
@@ -332,7 +306,7 @@ class Spec:
     domainname: str | None = None
     mounts: tuple[Mount, ...] = ()
     hooks: Hooks = Hooks()
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = {}
     linux: Linux = Linux()
 
 
@@ -813,6 +787,11 @@ def parse_resources(data: Any) -> Resources:
 
 def load_spec(bundle: str, require_process: bool = True) -> Spec:
     """Read and parse <bundle>/config.json."""
+    return read_spec(bundle, require_process)[0]
+
+
+def read_spec(bundle: str, require_process: bool = True) -> tuple[Spec, bytes]:
+    """The parsed <bundle>/config.json and the bytes it was parsed from."""
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
@@ -830,4 +809,4 @@ def load_spec(bundle: str, require_process: bool = True) -> Spec:
         raise ConfigError("process", "is required to create a container")
     if spec.root is None:
         raise ConfigError("root", "is required on Linux")
-    return spec
+    return spec, raw

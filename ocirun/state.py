@@ -12,8 +12,9 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 from ocirun.errors import OciError
 
@@ -53,20 +54,31 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-@dataclass
 class State:
-    id: str
-    bundle: str
-    rootfs: str
-    pid: int = 0
-    pid_start: int = 0
-    created: str = ""
-    owner: str = ""
-    annotations: dict[str, str] = field(default_factory=dict)
-    oci_version: str = ""
-    cgroup: dict[str, Any] = field(default_factory=dict)
-    systemd_cgroup: bool = False
-    status: str = "creating"  # filled in by derive_status, never trusted from disk
+    """The stored record of one container; `status` is filled in from the live system."""
+
+    FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start", "created", "owner",
+              "annotations", "oci_version", "cgroup", "systemd_cgroup")
+
+    def __init__(self, id: str, bundle: str, rootfs: str, pid: int = 0, pid_start: int = 0,
+                 created: str = "", owner: str = "", annotations: dict[str, str] | None = None,
+                 oci_version: str = "", cgroup: dict[str, Any] | None = None,
+                 systemd_cgroup: bool = False, status: str = "creating") -> None:
+        self.id = id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.pid = pid
+        self.pid_start = pid_start
+        self.created = created
+        self.owner = owner
+        self.annotations = annotations if annotations is not None else {}
+        self.oci_version = oci_version
+        self.cgroup = cgroup if cgroup is not None else {}
+        self.systemd_cgroup = systemd_cgroup
+        self.status = status  # derived by derive_status, never trusted from disk
+
+    def to_record(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     def to_oci(self) -> dict[str, Any]:
         """The state JSON of the runtime spec, plus runc's rootfs/created/owner."""
@@ -126,8 +138,7 @@ class ContainerDir:
             self._lock_fd = None
 
     def write(self, state: State) -> None:
-        data = asdict(state)
-        del data["status"]
+        data = state.to_record()
         tmp = self.file(f".{STATE_FILE}.{os.getpid()}")
         with open(tmp, "w") as f:
             json.dump(data, f)
