@@ -14,10 +14,12 @@ if [ -n "$need" ]; then
 fi
 # Debian's python3 refuses system-wide pip installs unless told otherwise (PEP 668).
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --root-user-action=ignore --no-warn-script-location .
-# Put the real entry point on PATH: a version manager's shim would add ~200 ms per call.
+# A launcher that runs the real interpreter with -IS (no site, no environment): a
+# version manager's shim or site's .pth hooks would add tens of ms to every call.
+# (Run from / so that it finds the installed package, not this checkout.)
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-if [ "$scripts/ocirun" != /usr/local/bin/ocirun ]; then
-  ln -sf "$scripts/ocirun" /usr/local/bin/ocirun
-fi
+for target in "$scripts/ocirun" /usr/local/bin/ocirun; do
+  (cd / && python3 -m ocirun.launcher "$target")
+done
 bundles/build-busybox.sh >/dev/null
-echo "ocirun installed: $(command -v ocirun); bundle: bundles/busybox"
+echo "ocirun installed: /usr/local/bin/ocirun; bundle: bundles/busybox"
