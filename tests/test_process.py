@@ -106,3 +106,13 @@ def test_non_stdio_fds_do_not_reach_the_container(runtime: Runtime) -> None:
         os.close(leaked)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == [b"0", b"1", b"2", b"3"]  # 3: ls's own dir fd
+
+
+def test_new_session_keyring_named_after_the_container(runtime: Runtime) -> None:
+    bundle = runtime.bundle()
+    with_keyring = runtime.create(bundle)
+    without = runtime.create(bundle, None, "--no-new-keyring")
+    with open("/proc/keys") as f:
+        names = [line.split()[-2].rstrip(":") for line in f]
+    assert with_keyring in names
+    assert without not in names

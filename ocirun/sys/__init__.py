@@ -66,6 +66,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 # x86_64 syscall numbers of calls glibc 2.36 does not wrap
 _SYS_PIVOT_ROOT = 155
 _SYS_CLOSE_RANGE = 436
+_SYS_KEYCTL = 250
+_KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
 @cache
@@ -125,3 +127,8 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 def personality(persona: int) -> None:
     _check(_libc().personality(ctypes.c_ulong(persona)), "personality")
+
+
+def join_session_keyring(name: str) -> int:
+    return _check(_libc().syscall(_SYS_KEYCTL, _KEYCTL_JOIN_SESSION_KEYRING, _b(name)),
+                  "keyctl")
