@@ -46,7 +46,7 @@ def _manager(root: str, container_id: str) -> tuple[st.ContainerDir, Any]:
     cdir = st.open_container(root, container_id)
     state = st.load(cdir)
     if state.status in ("stopped", "creating"):
-        raise OciError(f"container {container_id} is not running (status {state.status})")
+        raise OciError(f"container not running: {container_id} is {state.status}")
     if not state.cgroup:
         raise OciError(f"container {container_id} has no cgroup")
     from ocirun.cgroups import manager_from_state

@@ -23,18 +23,20 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, replace
-from typing import Any, NoReturn
-
 from ocirun import state as st
 from ocirun import sys as ksys
 from ocirun.errors import OciError
-from ocirun.spec import CAPABILITIES, Capabilities, Process, Spec, parse_process, parse_spec
+from ocirun.record import Record
+from ocirun.spec import (CAPABILITIES, Capabilities, ConsoleSize, Process, Spec,
+                         parse_process, parse_spec)
 from ocirun.sync import Channel, ChildError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
-@dataclass(frozen=True)
-class ExecOptions:
+
+class ExecOptions(Record):
     args: tuple[str, ...] = ()
     process_file: str | None = None
     detach: bool = False
@@ -101,52 +103,52 @@ def build_process(spec: Spec, opts: ExecOptions) -> Process:
             raise OciError("exec: the command to run is missing (ocirun exec ID CMD...)")
         if base is None:
             raise OciError("exec: the container has no process to take defaults from")
-        process = replace(base, args=tuple(opts.args), terminal=bool(opts.tty))
+        process = base.replace(args=tuple(opts.args), terminal=bool(opts.tty))
         if opts.cwd:
-            process = replace(process, cwd=opts.cwd)
+            process = process.replace(cwd=opts.cwd)
         for e in opts.env:
             if "=" not in e:
                 raise OciError(f"--env {e!r}: expected KEY=value")
-        process = replace(process, env=process.env + tuple(opts.env))
+        process = process.replace(env=process.env + tuple(opts.env))
         user = process.user
         if opts.user:
             uid, gid = _parse_user(opts.user)
-            user = replace(user, uid=uid, gid=user.gid if gid is None else gid)
+            user = user.replace(uid=uid, gid=user.gid if gid is None else gid)
         if opts.additional_gids:
-            user = replace(user, additional_gids=user.additional_gids +
+            user = user.replace(additional_gids=user.additional_gids +
                            tuple(opts.additional_gids))
-        process = replace(process, user=user)
+        process = process.replace(user=user)
         if opts.no_new_privs is not None:
-            process = replace(process, no_new_privileges=opts.no_new_privs)
+            process = process.replace(no_new_privileges=opts.no_new_privs)
         if opts.caps:
             c = process.capabilities or Capabilities()
             extra = tuple(_cap_name(x) for x in opts.caps)
-            c = replace(c, bounding=c.bounding + extra, effective=c.effective + extra,
+            c = c.replace(bounding=c.bounding + extra, effective=c.effective + extra,
                         permitted=c.permitted + extra,
                         ambient=c.ambient + extra if c.inheritable else c.ambient)
-            process = replace(process, capabilities=c)
+            process = process.replace(capabilities=c)
         if opts.apparmor:
-            process = replace(process, apparmor_profile=opts.apparmor)
+            process = process.replace(apparmor_profile=opts.apparmor)
         if opts.process_label:
-            process = replace(process, selinux_label=opts.process_label)
+            process = process.replace(selinux_label=opts.process_label)
     # What the process leaves out comes from the container (libcontainer's rule).
     if base is not None:
         if process.capabilities is None:
-            process = replace(process, capabilities=base.capabilities)
+            process = process.replace(capabilities=base.capabilities)
         if not process.rlimits:
-            process = replace(process, rlimits=base.rlimits)
+            process = process.replace(rlimits=base.rlimits)
     if not process.cwd.startswith("/"):
         raise OciError(f"exec: cwd {process.cwd!r} must be an absolute path")
     return process
 
 
 # ------------------------------------------------------------------ runtime side
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(Record):
     process: Process
     seccomp: Any
     preserve_fds: int
     in_userns: bool
+    console_fd: int = -1  # connected console socket: the pty master goes there
 
 
 def _load_container(root: str, container_id: str, ignore_paused: bool
@@ -203,8 +205,6 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     if process.terminal and opts.detach and not opts.console_socket:
         raise OciError("cannot allocate a tty for a detached exec without "
                        "--console-socket")
-    if process.terminal:
-        raise OciError("exec: --tty is not supported yet")
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
@@ -213,8 +213,21 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     if state.cgroup:
         from ocirun.cgroups import manager_from_state
         cgroup = manager_from_state(state.cgroup)
+    ours = console_sock = None
+    if process.terminal:
+        from ocirun import console
+        if opts.console_socket:
+            console_sock = console.connect(opts.console_socket)
+        else:  # foreground without an engine: we receive the master and relay
+            ours, console_sock = console.socket_pair()
+            size = console.get_winsize(0)
+            if size is not None and process.console_size is None:
+                # sized before execve, or the first output races the relay's resize
+                process = process.replace(console_size=ConsoleSize(height=size[0],
+                                                                   width=size[1]))
     plan = _Plan(process=process, seccomp=seccomp, preserve_fds=opts.preserve_fds,
-                 in_userns=spec.linux.namespace("user") is not None)
+                 in_userns=spec.linux.namespace("user") is not None,
+                 console_fd=console_sock.fileno() if console_sock is not None else -1)
     # Everything the children use is imported now: after setns(mount) the interpreter's
     # library is out of reach.
     import resource  # noqa: F401 - init._set_rlimits
@@ -226,38 +239,54 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     if not opts.detach:
         # The process is our grandchild: as a subreaper we can wait for it.
         ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
-    ns_fds = _open_namespaces(state, spec)
-    parent, child = Channel.pair()
     try:
-        joiner = os.fork()
-    except BaseException:
+        ns_fds = _open_namespaces(state, spec)
+        parent, child = Channel.pair()
+        try:
+            joiner = os.fork()
+        except BaseException:
+            for _t, fd in ns_fds:
+                os.close(fd)
+            raise
+        if joiner == 0:
+            parent.close()
+            if ours is not None:
+                ours.close()
+            _joiner(child, ns_fds, plan)
+        child.close()
         for _t, fd in ns_fds:
             os.close(fd)
-        raise
-    if joiner == 0:
-        parent.close()
-        _joiner(child, ns_fds, plan)
-    child.close()
-    for _t, fd in ns_fds:
-        os.close(fd)
-    pid = 0
-    try:
-        parent.send("go")
-        pid = _drive(parent, spec, state, cgroup)
-    except BaseException:
-        if pid:
-            _kill(pid)
-        raise
+        if console_sock is not None:
+            console_sock.close()  # the children have their copies
+            console_sock = None
+        pid = 0
+        try:
+            parent.send("go")
+            pid = _drive(parent, spec, state, cgroup)
+            master = console.receive_master(ours) if ours is not None else -1
+        except BaseException:
+            if pid:
+                _kill(pid)
+            raise
+        finally:
+            parent.close()
+            _reap(joiner)
     finally:
-        parent.close()
-        _reap(joiner)
+        for sock in (ours, console_sock):
+            if sock is not None:
+                sock.close()
     if opts.pid_file:
         from ocirun.lifecycle import _write_pid_file
         _write_pid_file(opts.pid_file, pid)
     if opts.detach:
         return 0
-    from ocirun.lifecycle import _wait_forwarding_signals
-    return _wait_forwarding_signals(pid)
+    from ocirun.lifecycle import _FORWARDED, _exit_status, _wait_forwarding_signals
+    if master < 0:
+        return _wait_forwarding_signals(pid)
+    try:
+        return _exit_status(console.relay(master, pid, _FORWARDED))
+    finally:
+        os.close(master)
 
 
 def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any) -> int:
@@ -351,6 +380,10 @@ def _process(ch: Channel, plan: _Plan) -> NoReturn:
             high = fcntl.fcntl(ch.fileno(), fcntl.F_DUPFD_CLOEXEC, first)
             ch.close()
             ch = Channel(socket.socket(fileno=high))
+        if plan.console_fd >= 0:
+            from ocirun import console
+            os.setsid()  # a new session, so that the pty can be its controlling tty
+            console.setup_console(plan.console_fd, plan.process.console_size, False)
         prepare_process(ch, plan.process, plan.seccomp, plan.in_userns)
         try:
             exec_process(plan.process, plan.seccomp, plan.preserve_fds, ch)

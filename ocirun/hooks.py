@@ -1,4 +1,19 @@
-"""Running OCI hooks: the state JSON on stdin, the hook's own args, env and timeout."""
+"""Running OCI hooks: the state JSON on stdin, the hook's own args, env and timeout.
+
+Where each kind runs (runtime-spec, config.md "POSIX-platform Hooks"):
+  prestart, createRuntime  create, in the runtime's namespaces (lifecycle, parent),
+                           after the init built the rootfs, before pivot_root;
+                           status "creating"
+  createContainer          create, in the container's namespaces before pivot_root
+                           (init); path resolved in the runtime's mount namespace;
+                           status "creating", pid as the container sees it
+  startContainer           start, in the container after pivot_root (init), after the
+                           exec fifo was opened, before execve; status "created"
+  poststart                start, runtime namespaces, after execve; status "running"
+  poststop                 delete, runtime namespaces, after the container is gone;
+                           status "stopped"
+The first four fail their operation; poststart/poststop failures are warnings.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,7 @@ import os
 import signal
 from typing import Callable
 
+from ocirun import sys as ksys
 from ocirun.errors import OciError
 from ocirun.spec import Hook
 
@@ -24,6 +40,9 @@ def run_hook(hook: Hook, state_json: bytes, stage: str) -> None:
     if pid == 0:
         try:
             os.dup2(rfd, 0)
+            ksys.close_range(3)  # only stdio: not the runtime's fds, nor leaked ones
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by CPython
+                signal.signal(sig, signal.SIG_DFL)
             os.execve(hook.path, argv, env)
         except OSError as e:
             os.write(2, f"{stage} hook {hook.path}: {e.strerror}\n".encode())

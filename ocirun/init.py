@@ -36,6 +36,7 @@ class InitConfig(Record):
     seccomp: Any = None  # ocirun.seccomp.PreparedFilter, compiled before fork
     console_fd: int | None = None  # connected console socket: the pty master goes there
     listen_fds: int = 0  # systemd socket-activation fds, passed at 3.. before preserve_fds
+    session_keyring: str | None = None  # name of a new session keyring (runc's default)
 
 
 def _fail(ch: Channel, e: BaseException) -> NoReturn:
@@ -151,6 +152,8 @@ def _preload(cfg: InitConfig) -> None:
     from ocirun import caps, devices, hooks, rootfs  # noqa: F401
     if cfg.console_fd is not None:
         from ocirun import console  # noqa: F401
+    if any(m.type == "cgroup" for m in cfg.spec.mounts):
+        from ocirun.cgroups import detect  # noqa: F401 - used by rootfs._mount_cgroup
     if cfg.seccomp is not None:
         from ocirun import seccomp  # noqa: F401 - used by _load_seccomp
 
@@ -200,6 +203,8 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
         _write("/proc/self/oom_score_adj", str(process.oom_score_adj), "oomScoreAdj")
     if linux.personality is not None:
         ksys.personality(0x0008 if linux.personality.domain == "LINUX32" else 0)
+    if cfg.session_keyring is not None:
+        _join_session_keyring(cfg.session_keyring)
     prepare_process(ch, process, cfg.seccomp, in_userns)
     executable(process.args[0], process.env)  # fail at create, as runc does
     ch.send("ready")
@@ -222,6 +227,15 @@ def reset_signals() -> None:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _join_session_keyring(name: str) -> None:
+    """A keyring of the container's own, so it cannot reach the caller's keys."""
+    try:
+        ksys.join_session_keyring(name)
+    except OSError as e:
+        if e.errno not in (38, 1):  # ENOSYS, EPERM: kernels and sandboxes without keys
+            raise OciError(f"joining a new session keyring: {os.strerror(e.errno).lower()}") from None
 
 
 def _write(path: str, value: str, what: str) -> None:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
-from dataclasses import dataclass
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from ocirun import log
 from ocirun import sys as ksys
 from ocirun import state as st
 from ocirun.errors import OciError
-from ocirun.spec import Spec, load_spec
+from ocirun.record import Record
+from ocirun.spec import Spec, load_spec, read_spec
 from ocirun.sync import Channel
 
 
-@dataclass(frozen=True)
-class CreateOptions:
+class CreateOptions(Record):
     bundle: str = "."
     pid_file: str | None = None
     console_socket: str | None = None
@@ -27,6 +27,7 @@ class CreateOptions:
     no_new_keyring: bool = False
     preserve_fds: int = 0
     systemd_cgroup: bool = False
+    rootless: str = "auto"  # the global --rootless: "auto", "true" or "false"
 
 
 class _Undo:
@@ -78,52 +79,105 @@ def _write_pid_file(path: str, pid: int) -> None:
     os.rename(tmp, path)
 
 
-def create(root: str, container_id: str, opts: CreateOptions) -> tuple[st.State, Spec]:
-    """Build the container up to the exec fifo; returns once state.json is written."""
+def is_rootless(setting: str = "auto") -> bool:
+    """runc's --rootless: "auto" means an unprivileged caller."""
+    if setting in ("true", "false"):
+        return setting == "true"
+    return os.geteuid() != 0
+
+
+def listen_fds() -> int:
+    """How many systemd socket-activation fds were passed to us (runc's rule: only
+    when LISTEN_PID names this process)."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
+            return 0
+        return max(int(os.environ.get("LISTEN_FDS", "0")), 0)
+    except ValueError:
+        return 0
+
+
+def _check_passed_fds(count: int, what: str) -> None:
+    """Every fd to pass must be open now, before the runtime opens its own (which
+    would otherwise take a free number in the range and reach the container)."""
+    for fd in range(3, 3 + count):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise OciError(f"{what}: fd {fd} is not open") from None
+
+
+def create(root: str, container_id: str, opts: CreateOptions,
+           console_sock: Any = None) -> tuple[st.State, Spec]:
+    """Build the container up to the exec fifo; returns once state.json is written.
+
+    `console_sock` is the init's end of a socket pair when the caller (foreground
+    `run`) receives the pty master itself instead of an engine's --console-socket."""
     from ocirun.cgroups import manager_for
     from ocirun.init import InitConfig, stage1
 
+    n_listen = listen_fds()
+    _check_passed_fds(n_listen, "LISTEN_FDS")
+    _check_passed_fds(n_listen + opts.preserve_fds, "--preserve-fds")
     bundle = os.path.abspath(opts.bundle)
     cdir = st.ContainerDir(root, container_id)
-    spec = load_spec(bundle)
+    spec, raw_config = read_spec(bundle)
     assert spec.root is not None and spec.process is not None
     if not os.path.isdir(spec.root.path):
         raise OciError(f"root.path: rootfs {spec.root.path} is not a directory")
-    if spec.process.terminal and not opts.console_socket:
+    if spec.process.terminal and not opts.console_socket and console_sock is None:
         raise OciError("process.terminal: a terminal needs --console-socket")
+    if opts.console_socket and not spec.process.terminal:
+        raise OciError("--console-socket: process.terminal is false: there is no "
+                       "terminal to send")
+    rootless = is_rootless(opts.rootless)
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
         seccomp = sc.prepare(spec.linux.seccomp, os.path.join(root, ".seccomp-cache"))
     cdir.make()
     undo = _Undo()
-    undo.push(shutil.rmtree, cdir.path, True)
+    undo.push(cdir.remove)
     try:
-        shutil.copyfile(os.path.join(bundle, "config.json"), cdir.file(st.CONFIG_FILE))
+        with open(cdir.file(st.CONFIG_FILE), "wb") as f:
+            f.write(raw_config)  # the config as parsed, for later hooks
         fifo = cdir.file(st.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)
-        cgroup = manager_for(spec.linux.cgroups_path, container_id, opts.systemd_cgroup)
-        cgroup.create()
-        undo.push(cgroup.destroy)
-        cgroup.apply(spec.linux.resources)
+        cgroup = _make_cgroup(spec, container_id, opts, rootless, undo)
         state = st.State(id=container_id, bundle=bundle, rootfs=spec.root.path,
                          created=st.rfc3339_now(), owner="", annotations=spec.annotations,
-                         oci_version=spec.oci_version, cgroup=cgroup.to_state(),
+                         oci_version=spec.oci_version,
+                         cgroup=cgroup.to_state() if cgroup is not None else {},
                          systemd_cgroup=opts.systemd_cgroup, status="creating")
         dir_fd = os.open(cdir.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         undo.push(os.close, dir_fd)
+        console_fd = None
+        if spec.process.terminal:
+            if console_sock is None:
+                from ocirun import console
+                console_sock = console.connect(opts.console_socket or "")
+                undo.push(console_sock.close)
+            console_fd = console_sock.fileno()
         cfg = InitConfig(spec=spec, bundle=bundle, state_dir_fd=dir_fd,
                          no_pivot=opts.no_pivot, preserve_fds=opts.preserve_fds,
-                         seccomp=seccomp)
+                         seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
+                         session_keyring=None if opts.no_new_keyring else container_id)
         parent, child = Channel.pair()
+        # A subreaper while the children run: when stage1 exits the init becomes our
+        # child, so a death during create is reported with its signal; when we exit it
+        # moves on to the caller's subreaper, as it would have anyway.
+        ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
         stage1_pid = os.fork()
         if stage1_pid == 0:
             parent.close()
             stage1(child, cfg)
         child.close()
+        if console_sock is not None:
+            console_sock.close()  # the init has its copy
         undo.push(_kill_and_reap, stage1_pid)
-        cgroup.add_process(stage1_pid)
+        if cgroup is not None:
+            _join_cgroup(cgroup, stage1_pid, spec, rootless)
         parent.send("go")
         _drive_children(parent, spec, state, stage1_pid, undo)
         parent.close()
@@ -141,27 +195,129 @@ def create(root: str, container_id: str, opts: CreateOptions) -> tuple[st.State,
         raise
 
 
+def _make_cgroup(spec: Spec, container_id: str, opts: CreateOptions, rootless: bool,
+                 undo: _Undo) -> Any:
+    """The container's cgroup, or None for a rootless container that cannot have one:
+    as runc, only when cgroupsPath is unset and the hierarchy refuses us."""
+    from ocirun.cgroups import manager_for
+    cgroup = manager_for(spec.linux.cgroups_path, container_id, opts.systemd_cgroup)
+    try:
+        cgroup.create()
+    except OciError as e:
+        if not _soft_cgroup_failure(e, spec, rootless):
+            raise
+        try:
+            cgroup.destroy()
+        except OciError:
+            pass
+        log.debug(f"rootless: running without a cgroup ({e.message})")
+        _check_no_limits(spec)
+        return None
+    undo.push(cgroup.destroy)
+    cgroup.apply(spec.linux.resources)
+    return cgroup
+
+
+def _soft_cgroup_failure(e: OciError, spec: Spec, rootless: bool) -> bool:
+    reason = e.message.lower()
+    return rootless and spec.linux.cgroups_path is None and any(
+        word in reason for word in ("permission denied", "operation not permitted",
+                                    "read-only file system"))
+
+
+def _check_no_limits(spec: Spec) -> None:
+    from ocirun.spec import Resources
+    res = spec.linux.resources
+    if res is not None and res.replace(devices=()) != Resources():
+        raise OciError("linux.resources: a rootless container without a writable cgroup "
+                       "cannot have resource limits (set linux.cgroupsPath to a cgroup "
+                       "delegated to you, or drop the limits)")
+
+
+def _join_cgroup(cgroup: Any, pid: int, spec: Spec, rootless: bool) -> None:
+    try:
+        cgroup.add_process(pid)
+    except OciError as e:
+        if not _soft_cgroup_failure(e, spec, rootless):
+            raise
+        log.debug(f"rootless: not joining the cgroup ({e.message})")
+
+
+def _death_of(pid: int, timeout: float = 2.0) -> str:
+    """Why a child (stage1, or the init once we are its subreaper) went away."""
+    if pid <= 0:
+        return ""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    try:
+        if pidfd >= 0:
+            select.select([pidfd], [], [], timeout)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return ""
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    if not reaped:
+        return ""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by signal {sig} ({name})"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
 def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
                     undo: _Undo) -> None:
     """Answer the children's requests until the init reports ready."""
     from ocirun.hooks import run_hooks
+    from ocirun.sync import ChildError
+
+    phase = "while setting up namespaces"
+
+    def died() -> ChildError:
+        why = _death_of(state.pid if state.pid else stage1_pid)
+        who = "container init" if state.pid else "runtime child (stage 1)"
+        return ChildError(f"{who} exited unexpectedly {phase}"
+                          f"{': ' + why if why else ''}")
+
+    def answer(**fields: Any) -> None:
+        try:
+            ch.send("go", **fields)
+        except OSError:  # the child is gone (EPIPE, ECONNRESET)
+            raise died() from None
 
     while True:
-        msg, fds = ch.expect("userns", "pid", "hooks", "seccomp", "ready")
+        try:
+            msg, fds = ch.expect("userns", "pid", "hooks", "seccomp", "ready")
+        except ChildError as e:
+            if e.message != "container init exited unexpectedly":
+                raise
+            raise died() from None
+        except OSError:  # ECONNRESET: it died with our last message unread
+            raise died() from None
         kind = msg["t"]
         if kind == "userns":
             from ocirun.userns import write_id_maps
             write_id_maps(stage1_pid, spec.linux)
-            ch.send("go")
+            answer()
         elif kind == "pid":
             state.pid = msg["pid"]
             undo.push(_kill_and_reap, state.pid)
             _, status = os.waitpid(stage1_pid, 0)
+            phase = "while building the rootfs"
         elif kind == "hooks":
             hook_state = state.hook_state()
+            phase = "while the prestart/createRuntime hooks ran"
             run_hooks(spec.hooks.prestart, hook_state, "prestart")
             run_hooks(spec.hooks.create_runtime, hook_state, "createRuntime")
-            ch.send("go", state=hook_state.decode())
+            answer(state=hook_state.decode())
+            phase = "during createContainer hooks, pivot_root or the process setup"
         elif kind == "seccomp":
             from ocirun import seccomp as sc
             try:
@@ -190,13 +346,21 @@ def start(root: str, container_id: str) -> None:
 
 
 def _release_init(cdir: st.ContainerDir, state: st.State) -> None:
-    """Open the exec fifo for reading; a dead init is an error, never a hang."""
-    fifo = os.open(cdir.file(st.EXEC_FIFO), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    """Open the exec fifo for reading and follow the init until its execve (see
+    init.FIFO_*): a dead init is an error, never a hang, and a failure between the
+    release and execve (startContainer hook, executable, seccomp) is reported."""
+    # The pidfd first: once the fifo is open the init may exec, exit and be reaped by
+    # the engine's subreaper (conmon, the shim) before we could still open one.
     try:
         pidfd = os.pidfd_open(state.pid)
     except ProcessLookupError:
-        os.close(fifo)
         raise OciError(f"container {state.id}: init process exited before start") from None
+    try:
+        fifo = os.open(cdir.file(st.EXEC_FIFO), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:
+        os.close(pidfd)
+        raise
+    report = b""
     try:
         poller = select.poll()
         poller.register(fifo, select.POLLIN)
@@ -204,15 +368,51 @@ def _release_init(cdir: st.ContainerDir, state: st.State) -> None:
         while True:
             ready = dict(poller.poll())
             if fifo in ready:
-                if os.read(fifo, 1):
-                    break
-                raise OciError(f"container {state.id}: init closed the exec fifo")
+                try:
+                    chunk = os.read(fifo, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break  # every writer is gone: execve, or the init's death
+                report += chunk
+                continue
             if pidfd in ready:
-                raise OciError(f"container {state.id}: init process exited before start")
+                report += _read_available(fifo)
+                break
     finally:
         os.close(fifo)
         os.close(pidfd)
     os.unlink(cdir.file(st.EXEC_FIFO))
+    _check_exec_report(state, report)
+
+
+def _read_available(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _check_exec_report(state: st.State, report: bytes) -> None:
+    from ocirun.init import FIFO_ERROR, FIFO_EXECUTING, FIFO_RELEASED
+    if not report.startswith(FIFO_RELEASED):
+        raise OciError(f"container {state.id}: init process exited before start")
+    rest = report[len(FIFO_RELEASED):]
+    error_at = rest.find(FIFO_ERROR)
+    if error_at >= 0:
+        try:
+            err = json.loads(rest[error_at + 1:])
+            raise OciError(str(err["msg"]), int(err.get("code", 1)))
+        except (ValueError, KeyError, TypeError):
+            raise OciError(f"container {state.id}: init failed before exec") from None
+    if not rest.startswith(FIFO_EXECUTING):
+        raise OciError(f"container {state.id}: init process exited before executing "
+                       "the container process (during startContainer hooks)")
 
 
 def _stored_spec(cdir: st.ContainerDir) -> Spec | None:
@@ -227,17 +427,22 @@ def _stored_spec(cdir: st.ContainerDir) -> Spec | None:
 def kill(root: str, container_id: str, sig: int, all_processes: bool = False) -> None:
     cdir = st.open_container(root, container_id)
     state = st.load(cdir)
-    if state.status in ("stopped", "creating"):
-        raise OciError(f"container {container_id} is not running (status {state.status})")
-    pids = [state.pid]
+    # As runc, --all still reaches what is left in the cgroup of a stopped container
+    # (its processes outlive the init when it has no pid namespace of its own).
+    if state.status == "creating" or state.status == "stopped" and not (
+            all_processes and state.cgroup):
+        # "container not running" is what containerd's shim matches to treat a kill of
+        # an exited container as "process already finished".
+        raise OciError(f"container not running: {container_id} is {state.status}")
     if all_processes and state.cgroup:
         from ocirun.cgroups import manager_from_state
-        pids = manager_from_state(state.cgroup).pids() or pids
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        # Every process of the cgroup, frozen meanwhile so that none forks away.
+        manager_from_state(state.cgroup).kill_all(sig)
+        return
+    try:
+        os.kill(state.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def delete(root: str, container_id: str, force: bool = False) -> None:
@@ -258,12 +463,14 @@ def _delete_locked(cdir: st.ContainerDir, force: bool) -> None:
                        f"(status {state.status}); use --force")
     if state.status == "creating" and not force:
         raise OciError(f"container {container_id} is being created; use --force")
-    if state.status != "stopped" and state.pid:
-        _stop_all(state)
+    spec = _stored_spec(cdir)
+    private_pidns = spec is None or _private_pid_ns(spec)
+    if state.status != "stopped" and state.pid or state.cgroup and not private_pidns:
+        _stop_all(state, private_pidns)
     if state.cgroup:
         from ocirun.cgroups import manager_from_state
+        # Left in place while another container sharing the cgroupsPath still uses it.
         manager_from_state(state.cgroup).destroy()
-    spec = _stored_spec(cdir)
     if spec is not None and spec.hooks.poststop:
         from ocirun.hooks import run_hooks_warn
         state.status = "stopped"
@@ -271,14 +478,27 @@ def _delete_locked(cdir: st.ContainerDir, force: bool) -> None:
     cdir.remove()
 
 
-def _stop_all(state: st.State) -> None:
-    """SIGKILL the init and every process of its cgroup, and wait until they are gone."""
-    pids = [state.pid]
+def _private_pid_ns(spec: Spec) -> bool:
+    ns = spec.linux.namespace("pid")
+    return ns is not None and ns.path is None
+
+
+def _stop_all(state: st.State, private_pidns: bool = True) -> None:
+    """SIGKILL the container's processes and wait until they are gone.
+
+    With its own pid namespace, killing the init ends every process in it; anything
+    else in the cgroup belongs to another container sharing the cgroupsPath and is
+    left alone.  Without one, every process of the cgroup is taken (as runc does),
+    frozen while signalled, also once the init has exited."""
+    alive = bool(state.pid) and st.process_start_time(state.pid) == state.pid_start
+    pids = [state.pid] if alive else []
     cgroup = None
     if state.cgroup:
         from ocirun.cgroups import manager_from_state
         cgroup = manager_from_state(state.cgroup)
-        pids = sorted(set(pids) | set(cgroup.pids()))
+        if not private_pidns:
+            pids = sorted(set(pids) | set(cgroup.pids()))
+            cgroup.kill_all(signal.SIGKILL)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -301,19 +521,50 @@ def state_of(root: str, container_id: str) -> dict[str, Any]:
 
 
 def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
-    """create + start; in the foreground, wait and return the container's status."""
+    """create + start; in the foreground, wait and return the container's status.
+    With process.terminal and no --console-socket, the runtime receives the pty
+    master itself and attaches the caller's terminal to it."""
     if not detach:
         # The init is our grandchild: as a subreaper we can wait for it.
         ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
-    state, spec = create(root, container_id, opts)
+    ours = theirs = None
+    if not opts.console_socket:
+        spec = load_spec(os.path.abspath(opts.bundle))
+        if spec.process is not None and spec.process.terminal:
+            if detach:
+                raise OciError("process.terminal: a detached container with a terminal "
+                               "needs --console-socket")
+            from ocirun import console
+            ours, theirs = console.socket_pair()
+    master = -1
     try:
-        start(root, container_id)
-    except BaseException:
-        delete(root, container_id, force=True)
-        raise
-    if detach:
-        return 0
-    status = _wait_forwarding_signals(state.pid)
+        state, spec = create(root, container_id, opts, console_sock=theirs)
+        if ours is not None:
+            from ocirun import console
+            try:
+                master = console.receive_master(ours)
+            except BaseException:
+                delete(root, container_id, force=True)
+                raise
+    finally:
+        if ours is not None:
+            ours.close()
+    try:
+        try:
+            start(root, container_id)
+        except BaseException:
+            delete(root, container_id, force=True)
+            raise
+        if detach:
+            return 0
+        if master >= 0:
+            from ocirun import console
+            status = _exit_status(console.relay(master, state.pid, _FORWARDED))
+        else:
+            status = _wait_forwarding_signals(state.pid)
+    finally:
+        if master >= 0:
+            os.close(master)
     delete(root, container_id, force=True)
     return status
 
@@ -340,6 +591,10 @@ def _wait_forwarding_signals(pid: int) -> int:
             break
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
+    return _exit_status(status)
+
+
+def _exit_status(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)

@@ -120,11 +120,27 @@ def mount_one(root: str, bundle: str, m: Mount) -> None:
             _make_target(dest, True)
             if m.type == "tmpfs" and "tmpcopyup" in opts.extensions:
                 _mount_tmpfs_copyup(m, dest, opts)
+            elif m.type == "sysfs":
+                _mount_sysfs(m, dest, opts)
             else:
                 ksys.mount(m.source or m.type, dest, m.type, opts.flags, opts.data or None)
         _set_propagation(dest, opts.propagation)
     except OSError as e:
         raise _mount_error(m, e) from None
+
+
+def _mount_sysfs(m: Mount, dest: str, opts: mountopts.MountOptions) -> None:
+    """sysfs wants a network namespace owned by our user namespace; in a user
+    namespace without one (rootless) the kernel refuses, and, as runc does, the
+    runtime's /sys is bound instead."""
+    try:
+        ksys.mount(m.source or "sysfs", dest, "sysfs", opts.flags, opts.data or None)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EBUSY):
+            raise
+        ksys.mount("/sys", dest, None, ksys.MS_BIND | ksys.MS_REC)
+        if opts.flags:
+            remount_bind(dest, opts.flags)
 
 
 def _mount_tmpfs_copyup(m: Mount, dest: str, opts: mountopts.MountOptions) -> None:
@@ -141,63 +157,67 @@ def _mount_tmpfs_copyup(m: Mount, dest: str, opts: mountopts.MountOptions) -> No
         os.rmdir(staging)
 
 
-def _host_cgroup_mounts() -> list[tuple[str, str, str]]:
-    """(mount point, fstype, super options) of every cgroup mount we can see."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            fstype, _source, super_opts = right.split()[:3]
-            if fstype in ("cgroup", "cgroup2"):
-                out.append((left.split()[4], fstype, super_opts))
-    return out
+def _host_cgroup_mounts() -> list[tuple[str, str, str, str]]:
+    """(mount point, fstype, hierarchy key, mount root) of each cgroup hierarchy we see,
+    first mount of each; keys as in /proc/self/cgroup ("" for cgroup2, sorted
+    controllers or name=X for v1, other mount options such as xattr left out)."""
+    from ocirun.cgroups import detect
+    return [(h.mountpoint, "cgroup2" if h.unified else "cgroup", h.key, h.root)
+            for h in detect.detect().hierarchies]
 
 
 def _own_cgroup_paths() -> dict[str, str]:
-    """controller list (or '' for v2) -> this process's cgroup path in that hierarchy."""
-    paths = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _num, controllers, path = line.rstrip("\n").split(":", 2)
-            paths[controllers] = path
-    return paths
+    """hierarchy key (as above) -> this process's cgroup path in that hierarchy."""
+    from ocirun.cgroups import detect
+    return detect.proc_cgroups()
 
 
 def _mount_cgroup(dest: str, flags: int) -> None:
-    """Mount the container's own cgroup(s) at dest: cgroup2 directly, v1 as a tmpfs of
-    per-hierarchy mounts.  Outside a cgroup namespace the container's own cgroup
-    directories are bound instead, so the host's tree never shows."""
+    """Mount the container's own cgroup(s) at dest: cgroup2 directly, v1 (and hybrid)
+    as a tmpfs of per-hierarchy mounts named as on the host, with the host's symlinks
+    (cpu -> cpu,cpuacct).  In a cgroup namespace (the init joined its cgroup before
+    unsharing it, so every path reads "/") the cgroup filesystems are mounted and show
+    the namespace root; outside one, the container's own cgroup directories are bound,
+    so the host's tree never shows either way."""
+    from ocirun.cgroups import detect
+    base = "/sys/fs/cgroup"
     mounts = _host_cgroup_mounts()
     own = _own_cgroup_paths()
     in_cgroupns = all(p == "/" for p in own.values())
-    is_v2 = any(mp == "/sys/fs/cgroup" and fs == "cgroup2" for mp, fs, _ in mounts)
-    if is_v2:
-        if in_cgroupns:
-            ksys.mount("cgroup2", dest, "cgroup2", flags)
-        else:
-            ksys.mount(f"/sys/fs/cgroup{own.get('', '/')}", dest, None,
-                       ksys.MS_BIND | ksys.MS_REC)
-            remount_bind(dest, flags)
-        return
+
+    def own_dir(mount_point: str, key: str, root: str) -> str:
+        h = detect.Hierarchy(key, mount_point, root, frozenset(key.split(",")))
+        return h.fs_path(own.get(key, "/"))
+
+    for mount_point, fstype, key, root in mounts:
+        if mount_point == base and fstype == "cgroup2":  # unified
+            if in_cgroupns:
+                ksys.mount("cgroup2", dest, "cgroup2", flags)
+            else:
+                ksys.mount(own_dir(mount_point, key, root), dest, None,
+                           ksys.MS_BIND | ksys.MS_REC)
+                remount_bind(dest, flags)
+            return
     ksys.mount("tmpfs", dest, "tmpfs", flags & ~ksys.MS_RDONLY, "mode=755")
-    for mount_point, fstype, super_opts in mounts:
-        if not mount_point.startswith("/sys/fs/cgroup/"):
-            continue
-        name = mount_point[len("/sys/fs/cgroup/"):]
-        if "/" in name:
-            continue
-        if fstype == "cgroup2":
-            key, data = "", None
-        else:
-            data = ",".join(o for o in super_opts.split(",") if o not in ("rw", "ro"))
-            key = ",".join(o for o in data.split(",") if o not in ("none",))
-        target = os.path.join(dest, name)
+    for mount_point, fstype, key, root in mounts:
+        if os.path.dirname(mount_point) != base:
+            continue  # only the standard layout is reproduced
+        target = os.path.join(dest, os.path.basename(mount_point))
         os.makedirs(target, 0o755, exist_ok=True)
         if in_cgroupns:
-            ksys.mount("cgroup", target, fstype, flags, data)
-        elif key in own:
-            ksys.mount(mount_point + own[key], target, None, ksys.MS_BIND | ksys.MS_REC)
+            ksys.mount(fstype, target, fstype, flags, key if key else None)
+        else:
+            ksys.mount(own_dir(mount_point, key, root), target, None,
+                       ksys.MS_BIND | ksys.MS_REC)
             remount_bind(target, flags)
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        entries = []
+    for entry in entries:
+        link = os.path.join(dest, entry.name)
+        if entry.is_symlink() and not os.path.lexists(link):
+            os.symlink(os.readlink(entry.path), link)
     if flags & ksys.MS_RDONLY:
         ksys.mount(None, dest, None, ksys.MS_REMOUNT | flags, "mode=755")
 
@@ -205,7 +225,9 @@ def _mount_cgroup(dest: str, flags: int) -> None:
 def prepare_root(spec: Spec) -> None:
     """Propagation of / and the rootfs bound onto itself (pivot_root wants a mount)."""
     assert spec.root is not None
-    propagation = mountopts.PROPAGATION.get(spec.linux.rootfs_propagation or "rslave")
+    requested = spec.linux.rootfs_propagation or "rslave"
+    # An unbindable / could not be bound onto itself: finish() applies it after pivot.
+    propagation = mountopts.PROPAGATION["rslave" if "unbindable" in requested else requested]
     ksys.mount(None, "/", None, propagation)
     _make_parent_mount_private(spec.root.path)
     ksys.mount(spec.root.path, spec.root.path, None, ksys.MS_BIND | ksys.MS_REC)

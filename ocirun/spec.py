@@ -565,11 +565,16 @@ def _cpu(v: Any, p: str) -> Cpu:
                mems=f.opt("mems", _string), idle=f.opt("idle", _int))
 
 
+def _weight(v: Any, p: str) -> int | None:
+    """A blkio weight; 0 means unset, as runc reads it (docker sends weight 0)."""
+    return _int(v, p, 0, 65535) or None
+
+
 def _weight_device(v: Any, p: str) -> WeightDevice:
     f = _Fields(v, p)
     return WeightDevice(major=f.req("major", _int), minor=f.req("minor", _int),
-                        weight=f.opt("weight", lambda x, q: _int(x, q, 0, 65535)),
-                        leaf_weight=f.opt("leafWeight", lambda x, q: _int(x, q, 0, 65535)))
+                        weight=f.opt("weight", _weight),
+                        leaf_weight=f.opt("leafWeight", _weight))
 
 
 def _throttle_device(v: Any, p: str) -> ThrottleDevice:
@@ -584,8 +589,8 @@ def _block_io(v: Any, p: str) -> BlockIO:
     def throttles(key: str) -> tuple[ThrottleDevice, ...]:
         return f.opt(key, lambda x, q: _list(x, q, _throttle_device), ())
 
-    return BlockIO(weight=f.opt("weight", lambda x, q: _int(x, q, 0, 65535)),
-                   leaf_weight=f.opt("leafWeight", lambda x, q: _int(x, q, 0, 65535)),
+    return BlockIO(weight=f.opt("weight", _weight),
+                   leaf_weight=f.opt("leafWeight", _weight),
                    weight_device=f.opt("weightDevice",
                                        lambda x, q: _list(x, q, _weight_device), ()),
                    throttle_read_bps_device=throttles("throttleReadBpsDevice"),

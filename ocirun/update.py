@@ -1,9 +1,10 @@
 """`ocirun update`: change a live container's cgroup limits.
 
 The new limits come from `--resources FILE|-` (a linux.resources JSON object, as
-containerd and podman send it) and runc's individual flags, which win over the file.
-Both are merged into one JSON object and parsed by spec.parse_resources, so the
-checks and error paths are those of config.json.  Only the fields given are written.
+containerd, podman and dockerd send it) and runc's individual flags, which win over the
+file.  Both are merged into one JSON object and parsed by spec.parse_resources, so the
+checks and error paths are those of config.json.  Only the fields given are written;
+as in runc, 0 (or "") in the numeric limits means "unchanged".
 """
 
 from __future__ import annotations
@@ -77,6 +78,29 @@ def _read_resources_file(path: str) -> dict[str, Any]:
     return data
 
 
+# Fields where runc (and so every engine) reads 0 or "" as "leave as it is": dockerd sends
+# a full resources object with Go's zero values for everything it does not change.
+_UNSET_IF_ZERO = {
+    "memory": ("limit", "reservation", "swap", "kernel", "kernelTCP"),
+    "cpu": ("shares", "quota", "period", "realtimeRuntime", "realtimePeriod", "cpus",
+            "mems"),
+    "pids": ("limit",),
+    "blockIO": ("weight", "leafWeight"),
+}
+
+
+def _drop_unset(data: dict[str, Any]) -> None:
+    for section, keys in _UNSET_IF_ZERO.items():
+        part = data.get(section)
+        if not isinstance(part, dict):
+            continue
+        for key in keys:
+            if key in part and part[key] in (0, ""):
+                del part[key]
+        if section == "pids" and not part:
+            del data[section]  # a pids object needs its limit
+
+
 def build_resources(resources_file: str | None, flags: dict[str, str | None]) -> Resources:
     data = _read_resources_file(resources_file) if resources_file else {}
     for dest, raw in flags.items():
@@ -93,6 +117,7 @@ def build_resources(resources_file: str | None, flags: dict[str, str | None]) ->
         if not isinstance(target, dict):
             target = data[section] = {}
         target[key] = value
+    _drop_unset(data)
     return parse_resources(data)
 
 

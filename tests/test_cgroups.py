@@ -82,16 +82,50 @@ def test_nested_path_creates_and_removes_every_level(cgroups: Cgroups) -> None:
     assert len(m.created) == 3 * len(m.paths)
 
 
-def test_joining_an_existing_cgroup_creates_and_removes_nothing(cgroups: Cgroups) -> None:
+def test_joining_an_existing_cgroup_creates_nothing_and_keeps_it_while_shared(
+        cgroups: Cgroups) -> None:
     owner = cgroups.manager(cgroups.name("-shared"))
     guest = cgroups.manager(cgroups.name("-shared"))
     assert guest.created == []
+    mine = cgroups.spawn(owner)
     p = cgroups.spawn(guest)
-    assert p.pid in owner.pids()
+    assert sorted(owner.pids()) == sorted([mine.pid, p.pid])
     p.kill()
     p.wait()
-    guest.destroy()
+    guest.destroy()  # the owner's process still lives there
     assert all(os.path.isdir(d) for d in owner.paths.values())
+    mine.kill()
+    mine.wait()
+    owner.destroy()
+    assert not any(os.path.exists(d) for d in owner.paths.values())
+
+
+def test_the_last_container_out_removes_a_shared_cgroup(cgroups: Cgroups) -> None:
+    owner = cgroups.manager(cgroups.name("-shared"))
+    guest = cgroups.manager(cgroups.name("-shared"))
+    p = cgroups.spawn(guest)
+    owner.destroy()  # the guest's process still lives there: kept, no error
+    assert all(os.path.isdir(d) for d in owner.paths.values())
+    p.kill()
+    p.wait()
+    guest.destroy()  # joined, now empty: removed by the last one out
+    assert not any(os.path.exists(d) for d in owner.paths.values())
+
+
+def test_failed_create_leaves_nothing_behind(cgroups: Cgroups) -> None:
+    m = cgroups.manager(cgroups.name("-fail") + "/leaf", create=False)
+    calls = []
+
+    def fail_late(key: str, made: list[str]) -> None:
+        calls.append(key)
+        if len(calls) == len(m.paths):
+            raise OciError("injected failure")
+
+    m._after_mkdir = fail_late  # type: ignore[method-assign]
+    with pytest.raises(OciError, match="injected"):
+        m.create()
+    assert m.created == []
+    assert not any(os.path.exists(os.path.dirname(d)) for d in m.paths.values())
 
 
 def test_pids_lists_processes_in_child_cgroups(cgroups: Cgroups) -> None:
@@ -123,13 +157,34 @@ def test_destroy_waits_for_killed_processes_and_removes_every_dir(cgroups: Cgrou
     assert m.created == []
 
 
-def test_destroy_with_live_process_fails_clearly(cgroups: Cgroups) -> None:
+def test_destroy_leaves_a_cgroup_with_live_processes_in_place(cgroups: Cgroups) -> None:
     m = cgroups.manager()
     p = cgroups.spawn(m)
     start = time.monotonic()
+    m.destroy()  # a live process means another container shares the cgroup
+    assert time.monotonic() - start < 1
+    assert all(os.path.isdir(d) for d in m.paths.values())
+    assert m.pids() == [p.pid]
+
+
+def test_destroy_of_an_unkillable_dying_process_fails_clearly(cgroups: Cgroups) -> None:
+    m = cgroups.manager()
+    if m.mode != "unified":
+        require(m, "freezer")
+    p = cgroups.spawn(m)
+    m.freeze()
+    os.kill(p.pid, signal.SIGKILL)  # pending while frozen (v1); v2 lets it die
+    m2 = manager_from_state(m.to_state())
+    m2.is_frozen = lambda: False  # type: ignore[method-assign]  # destroy must not thaw
+    start = time.monotonic()
+    if m.mode == "unified":
+        m2.destroy()
+        assert not any(os.path.exists(d) for d in m.paths.values())
+        return
     with pytest.raises(OciError, match=str(p.pid)):
-        m.destroy()
+        m2.destroy()
     assert time.monotonic() - start < 5
+    m.thaw()
 
 
 def test_kill_all_signals_every_process(cgroups: Cgroups) -> None:

@@ -9,7 +9,6 @@ process).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import json
 import os
@@ -448,7 +447,7 @@ def test_podman_default_profile_denies_what_it_lists_and_what_it_omits(cache: st
 def test_syscalls_newer_than_the_profile_get_enosys_not_the_default_errno(
         default_errno: int | None, cache: str) -> None:
     # runc's -ENOSYS stub: libc falls back from a new syscall only on ENOSYS.
-    sc = dataclasses.replace(load_engine_profile(), default_errno_ret=default_errno)
+    sc = load_engine_profile().replace(default_errno_ret=default_errno)
     add_key = nr("add_key")
 
     def child(_: int | None) -> int:

@@ -58,7 +58,8 @@ class CgroupManager(Protocol):
         """How many processes the OOM killer killed in this cgroup so far."""
 
     def destroy(self) -> None:
-        """Remove the cgroup directories this manager made (retrying while they empty)."""
+        """Remove the cgroup (retrying while killed processes leave), unless live
+        processes of another container sharing it remain: the last one out removes it."""
 
     def to_state(self) -> dict[str, Any]:
         """What `manager_from_state` needs, stored in state.json."""

@@ -12,6 +12,7 @@ import signal
 import time
 from typing import Any
 
+from ocirun import log
 from ocirun.cgroups import devices, fsutil
 from ocirun.cgroups.resources import Write, plan
 from ocirun.errors import OciError
@@ -69,11 +70,19 @@ class BaseManager:
 
     # ------------------------------------------------------------------ shared
     def create(self) -> None:
-        for key, directory in self.paths.items():
-            made = fsutil.makedirs(directory)
-            # Record before fixing up, so a failure below still lets destroy() clean up.
-            self.created += made
-            self._after_mkdir(key, made)
+        """Make (or join) the leaf in every hierarchy; on failure nothing made stays."""
+        try:
+            for key, directory in self.paths.items():
+                made = fsutil.makedirs(directory)
+                # Record before fixing up, so a failure below still lets destroy() clean up.
+                self.created += made
+                self._after_mkdir(key, made)
+        except BaseException:
+            try:
+                self.destroy()
+            except OciError:
+                pass
+            raise
 
     def apply(self, resources: Resources | None) -> None:
         """Write every limit in `resources` plus the device rules (with runc's defaults)."""
@@ -132,21 +141,35 @@ class BaseManager:
                 self.thaw()
 
     def destroy(self) -> None:
-        """Remove the directories this manager created, deepest first.
+        """Remove the container's cgroup, unless another container still uses it.
 
-        The container's own directories (the leaves) are removed with anything below
-        them, retrying while killed processes leave; directories created above them
-        are removed only if empty, since another container may share them.
+        Processes still in the cgroup that are not dying (zombie, exiting or with a
+        SIGKILL pending) belong to another container sharing this cgroupsPath: then
+        nothing is removed and the last container out removes it, whether it made
+        the directories or joined them.  Otherwise the leaves go with anything below
+        them (retrying while killed processes leave), directories created above them
+        only if empty (another container may have its own leaf there).  A leaf that
+        was only joined is removed with rmdir alone, never recursively.
         """
+        deadline = time.monotonic() + DESTROY_TIMEOUT
         if self.created:
             try:
                 if self.is_frozen():
                     self.thaw()  # frozen processes cannot exit
             except OciError:
                 pass
-        deadline = time.monotonic() + DESTROY_TIMEOUT
+        users = self._live_users(deadline)
+        if users:
+            log.debug(f"cgroups: {self.primary} is still used by pids "
+                      f"{', '.join(map(str, users[:10]))}: left for them to remove")
+            return
         leaves = set(self.paths.values())
         errors: list[str] = []
+        for directory in sorted(leaves - set(self.created), key=len, reverse=True):
+            try:
+                os.rmdir(directory)  # joined, now empty: the last one out removes it
+            except OSError:
+                pass
         for directory in sorted(self.created, key=lambda d: d.count("/"), reverse=True):
             try:
                 if directory in leaves:
@@ -163,6 +186,38 @@ class BaseManager:
         self.created = [d for d in self.created if os.path.isdir(d)]
         if errors:
             raise OciError(errors[0])
+
+    def _live_users(self, deadline: float) -> list[int]:
+        """Pids in the cgroup that are not on their way out; waits for dying ones.
+
+        A process seen live twice, a moment apart, is taken as live: a SIGKILL
+        dequeued just before the exit is flagged leaves only a tiny window.
+        """
+        delay = 0.005
+        seen_live: set[int] = set()
+        while True:
+            pids = self._all_pids()
+            live = [p for p in pids if not fsutil.dying(p)]
+            if not live:
+                seen_live.clear()
+                if not pids or time.monotonic() >= deadline:
+                    return []  # rmdir_tree reports what is still there
+            elif set(live) <= seen_live or time.monotonic() >= deadline:
+                return live
+            else:
+                seen_live = set(live)
+                delay = 0.02
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _all_pids(self) -> list[int]:
+        pids: list[int] = []
+        for directory in self.paths.values():
+            try:
+                pids += [p for p in fsutil.procs(directory) if p not in pids]
+            except OciError:
+                pass  # already gone
+        return pids
 
     def to_state(self) -> dict[str, Any]:
         return {"driver": "cgroupfs", "mode": self.mode, "path": self.cgroups_path,

@@ -108,6 +108,28 @@ def procs(directory: str, recursive: bool = True) -> list[int]:
     return pids
 
 
+_PF_EXITING = 0x4  # task->flags bit, field 9 of /proc/<pid>/stat
+_SIGKILL_BIT = 1 << 8  # signal 9 in the ShdPnd/SigPnd masks
+
+
+def dying(pid: int) -> bool:
+    """True for a process that is gone, a zombie, exiting, or has SIGKILL pending."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return True
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X", b"x") or int(fields[6]) & _PF_EXITING:
+        return True
+    for line in status.splitlines():
+        if line.startswith((b"ShdPnd:", b"SigPnd:")) and int(line.split()[1], 16) & _SIGKILL_BIT:
+            return True
+    return False
+
+
 def makedirs(path: str) -> list[str]:
     """mkdir -p that returns the directories it created, top first."""
     missing: list[str] = []
