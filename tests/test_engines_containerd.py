@@ -110,6 +110,19 @@ class Containerd:
             self("container", "rm", line)
 
 
+def _remove_namespace_cgroups(namespace: str) -> None:
+    """The shim puts containers at /<namespace>/<id>; runtimes remove the <id> level,
+    the <namespace> level is this test's to remove (only if empty)."""
+    import glob
+    for path in glob.glob(f"/sys/fs/cgroup/*/{namespace}") + glob.glob(
+            f"/sys/fs/cgroup/{namespace}"):
+        for root, dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+
+
 @pytest.fixture(scope="module")
 def ctr(busybox_rootfs: Path) -> Iterator[Containerd]:
     require("containerd", "ctr", "containerd-shim-runc-v2", RUNC)
@@ -127,6 +140,7 @@ def ctr(busybox_rootfs: Path) -> Iterator[Containerd]:
                 c("image", "rm", IMAGE)
         finally:
             c.stop()
+            _remove_namespace_cgroups(c.namespace)
         mounts = leftover_mounts(base)
         leftovers = ocirun_leftovers(c.roots["ocirun"] / c.namespace)
         shim_left = c.shim_pids()
