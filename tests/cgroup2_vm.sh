@@ -18,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 tool=${CG2VM_TOOL:-/work/shared/tools/in-cgroup2-vm.sh}
-[ -x "$tool" ] || tool=$here/../../shared/tools/in-cgroup2-vm.sh
+[ -x "$tool" ] || tool=$here/../shared/tools/in-cgroup2-vm.sh
 export CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-3600}
 
 tests=${CG2VM_TESTS:-"tests/test_cgroups.py tests/test_cgroups_limits.py tests/test_cgroups_translate.py tests/test_container_cgroups.py"}
