@@ -12,15 +12,14 @@ Everything here reads /proc; nothing is written.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from ocirun.record import Record
 
 from ocirun.errors import OciError
 
 UNIFIED = ""  # key of the cgroup2 hierarchy in path maps, as in /proc/self/cgroup ("0::/x")
 
 
-@dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(Record):
     """One mounted cgroup hierarchy."""
 
     key: str  # "cpu,cpuacct", "name=systemd", or UNIFIED for cgroup2
@@ -42,10 +41,9 @@ class Hierarchy:
         return os.path.normpath(self.mountpoint + cgroup)
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Record):
     mode: str  # "unified", "hybrid" or "v1"
-    hierarchies: tuple[Hierarchy, ...] = field(default=())
+    hierarchies: tuple[Hierarchy, ...] = ()
 
     @property
     def unified(self) -> Hierarchy | None:

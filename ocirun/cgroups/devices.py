@@ -10,7 +10,7 @@ that state to devices.deny/devices.allow; v2 compiles it into a BPF program.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ocirun.record import Record
 
 from ocirun.errors import OciError
 from ocirun.spec import DeviceRule
@@ -38,8 +38,7 @@ DEFAULT_RULES: tuple[DeviceRule, ...] = (
 _ORDER = "rwm"
 
 
-@dataclass(frozen=True)
-class Exception_:
+class Exception_(Record):
     type: str  # "b" or "c"
     major: int | None  # None: any
     minor: int | None
@@ -51,8 +50,7 @@ class Exception_:
         return f"{self.type} {num(self.major)}:{num(self.minor)} {self.access}"
 
 
-@dataclass(frozen=True)
-class DeviceState:
+class DeviceState(Record):
     default_allow: bool
     exceptions: tuple[Exception_, ...]  # each grants the opposite of the default
 

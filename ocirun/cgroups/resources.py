@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from ocirun.record import Record
 from typing import Callable, Union
 
 from ocirun.errors import OciError
@@ -29,8 +29,7 @@ VersionOf = Callable[[str], Union[int, None]]
 _R = "linux.resources"
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(Record):
     controller: str  # selects the directory (v1 hierarchy or the unified one)
     files: tuple[str, ...]  # candidates: the first that exists is written
     value: Value

@@ -10,14 +10,13 @@ systemd's back; without systemd there is nothing to ask, which is an error too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ocirun.record import Record
 
 from ocirun.cgroups.detect import systemd_running
 from ocirun.errors import OciError
 
 
-@dataclass(frozen=True)
-class SystemdPath:
+class SystemdPath(Record):
     slice: str  # e.g. "machine.slice"
     unit: str  # e.g. "libpod-abc.scope"
 

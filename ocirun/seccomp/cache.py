@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from ocirun.record import Record
 
 from ocirun.spec import Seccomp
 from ocirun.sys import seccomp as ksys
@@ -46,8 +46,7 @@ FLAG_BITS = {
 }
 
 
-@dataclass(frozen=True)
-class PreparedFilter:
+class PreparedFilter(Record):
     """Everything load() needs, computed before fork."""
     program: bytes        # struct sock_filter[], host endian, as libseccomp exported it
     flags: int            # SECCOMP_FILTER_FLAG_* for seccomp(2): asked for and supported
