@@ -314,13 +314,8 @@ def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any) -> int:
                                    f"{(e.strerror or str(e)).lower()}") from None
             ch.send("go")
         elif kind == "seccomp":
-            from ocirun import seccomp as sc
-            try:
-                assert spec.linux.seccomp is not None
-                sc.send_listener(fds[0], spec.linux.seccomp, state.hook_state())
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            from ocirun.lifecycle import forward_seccomp_listener
+            forward_seccomp_listener(spec, state, fds)
         else:
             raise OciError(f"exec: unexpected message {kind!r}")
     if not pid:

@@ -113,7 +113,6 @@ def create(root: str, container_id: str, opts: CreateOptions,
 
     `console_sock` is the init's end of a socket pair when the caller (foreground
     `run`) receives the pty master itself instead of an engine's --console-socket."""
-    from ocirun.cgroups import manager_for
     from ocirun.init import InitConfig, stage1
 
     n_listen = listen_fds()
@@ -319,15 +318,20 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             answer(state=hook_state.decode())
             phase = "during createContainer hooks, pivot_root or the process setup"
         elif kind == "seccomp":
-            from ocirun import seccomp as sc
-            try:
-                assert spec.linux.seccomp is not None
-                sc.send_listener(fds[0], spec.linux.seccomp, state.hook_state())
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            forward_seccomp_listener(spec, state, fds)
         else:
             return
+
+
+def forward_seccomp_listener(spec: Spec, state: st.State, fds: list[int]) -> None:
+    """Send the notify listener a container process made to the config's agent."""
+    from ocirun import seccomp as sc
+    try:
+        assert spec.linux.seccomp is not None
+        sc.send_listener(fds[0], spec.linux.seccomp, state.hook_state())
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def start(root: str, container_id: str) -> None:

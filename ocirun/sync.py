@@ -10,7 +10,6 @@ A child that fails sends "error" with the message the user should see, then exit
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
@@ -68,6 +67,3 @@ class Channel:
     def close(self) -> None:
         self.sock.close()
 
-
-def array_of_fds(fds: list[int]) -> array.array:
-    return array.array("i", fds)
