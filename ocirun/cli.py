@@ -262,8 +262,8 @@ def _cmd_start(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 
 def _cmd_state(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.lifecycle import state_of
-    print(json.dumps(state_of(_root(g), args[0]), indent=2))
+    from ocirun import state as st  # not lifecycle: `state` is called often, keep it light
+    print(json.dumps(st.load(st.open_container(_root(g), args[0])).to_oci(), indent=2))
     return 0
 
 
