@@ -16,6 +16,11 @@ if [ -n "$need" ]; then
 fi
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --root-user-action=ignore \
   --no-warn-script-location -e '.[test]'
+# Keep `ocirun` on PATH pointing at this (editable) install: see install.sh.
+scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+for target in "$scripts/ocirun" /usr/local/bin/ocirun; do
+  (cd / && python3 -m ocirun.launcher "$target")
+done
 [ -x tests/setup-engines.sh ] && tests/setup-engines.sh
 status=0
 if [ -x conformance/run ]; then
