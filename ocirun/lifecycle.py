@@ -15,7 +15,7 @@ from ocirun import sys as ksys
 from ocirun import state as st
 from ocirun.errors import OciError
 from ocirun.record import Record
-from ocirun.spec import Spec, load_spec, read_spec
+from ocirun.spec import Spec, read_spec
 from ocirun.sync import Channel
 
 
@@ -108,11 +108,13 @@ def _check_passed_fds(count: int, what: str) -> None:
 
 
 def create(root: str, container_id: str, opts: CreateOptions,
-           console_sock: Any = None) -> tuple[st.State, Spec]:
+           console_sock: Any = None,
+           config: tuple[Spec, bytes] | None = None) -> tuple[st.State, Spec]:
     """Build the container up to the exec fifo; returns once state.json is written.
 
     `console_sock` is the init's end of a socket pair when the caller (foreground
-    `run`) receives the pty master itself instead of an engine's --console-socket."""
+    `run`) receives the pty master itself instead of an engine's --console-socket.
+    `config` is the bundle's config as `read_spec` returned it, if the caller has it."""
     from ocirun.init import InitConfig, stage1
 
     n_listen = listen_fds()
@@ -120,7 +122,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     _check_passed_fds(n_listen + opts.preserve_fds, "--preserve-fds")
     bundle = os.path.abspath(opts.bundle)
     cdir = st.ContainerDir(root, container_id)
-    spec, raw_config = read_spec(bundle)
+    spec, raw_config = config if config is not None else read_spec(bundle)
     assert spec.root is not None and spec.process is not None
     if not os.path.isdir(spec.root.path):
         raise OciError(f"root.path: rootfs {spec.root.path} is not a directory")
@@ -532,8 +534,9 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
         # The init is our grandchild: as a subreaper we can wait for it.
         ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
     ours = theirs = None
+    config = read_spec(os.path.abspath(opts.bundle))  # parsed once, handed to create
+    spec = config[0]
     if not opts.console_socket:
-        spec = load_spec(os.path.abspath(opts.bundle))
         if spec.process is not None and spec.process.terminal:
             if detach:
                 raise OciError("process.terminal: a detached container with a terminal "
@@ -542,7 +545,7 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
             ours, theirs = console.socket_pair()
     master = -1
     try:
-        state, spec = create(root, container_id, opts, console_sock=theirs)
+        state, spec = create(root, container_id, opts, console_sock=theirs, config=config)
         if ours is not None:
             from ocirun import console
             try:
