@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ocirun import sys as ksys
-from ocirun.spec import CAPABILITIES, Capabilities, Process
+from ocirun.spec import CAPABILITIES, Capabilities, Process, Spec
 
 _PR_CAPBSET_DROP = 24
 _PR_SET_KEEPCAPS = 8
@@ -23,6 +23,63 @@ def _last_cap() -> int:
 
 def _numbers(names: tuple[str, ...], last: int) -> set[int]:
     return {n for n in (CAPABILITIES.index(name) for name in names) if n <= last}
+
+
+_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
+
+
+def _held_mask(status_path: str = "/proc/self/status") -> int:
+    """The capabilities this process can hand on: in its bounding set and permitted."""
+    fields: dict[str, int] = {}
+    with open(status_path) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("CapBnd", "CapPrm"):
+                fields[key] = int(value.strip(), 16)
+    return fields.get("CapBnd", 0) & fields.get("CapPrm", 0)
+
+
+def keep_grantable(process: Process, in_userns: bool) -> Process:
+    """`process` without the capabilities that cannot be granted, each one logged as a
+    warning (config.md: "MUST be logged as a warning"; "SHOULD NOT fail").
+
+    Run this in the runtime (parent) before forking: there stderr and --log are the
+    runtime's own, while the init's stderr is already the container's.  Without a user
+    namespace the init can only keep what the runtime holds (CapBnd & CapPrm of
+    /proc/self/status); in a new or joined user namespace the kernel grants the full set
+    there, so only capabilities this kernel does not know are left out."""
+    from ocirun import log
+
+    caps = process.capabilities
+    if caps is None:
+        return process
+    last = _last_cap()
+    every = (1 << (last + 1)) - 1
+    held = every if in_userns else _held_mask() & every
+    missing: dict[str, list[str]] = {}
+    for key in _SETS:
+        for name in getattr(caps, key):
+            if not held >> CAPABILITIES.index(name) & 1:
+                missing.setdefault(name, []).append(key)
+    if not missing:
+        return process
+    for name, sets in missing.items():
+        why = ("this kernel does not know it" if CAPABILITIES.index(name) > last
+               else "the runtime does not hold it")
+        log.warn(f"process.capabilities: {name} ({', '.join(sets)}) cannot be granted: "
+                 f"{why}; the process runs without it")
+    kept = caps.replace(**{key: tuple(n for n in getattr(caps, key) if n not in missing)
+                           for key in _SETS})
+    return process.replace(capabilities=kept)  # type: ignore[return-value]
+
+
+def keep_grantable_spec(spec: Spec) -> Spec:
+    """keep_grantable for the container's own process (create / run)."""
+    if spec.process is None:
+        return spec
+    process = keep_grantable(spec.process, spec.linux.namespace("user") is not None)
+    return spec if process is spec.process else \
+        spec.replace(process=process)  # type: ignore[return-value]
 
 
 def drop_bounding(caps: Capabilities) -> None:

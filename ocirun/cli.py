@@ -5,14 +5,13 @@ Only parsing and dispatch live here; every command imports what it needs when it
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-from ocirun import __version__, OCI_VERSION, log
+from ocirun import __version__, OCI_VERSION, jsonio, log
 from ocirun.errors import OciError
 from ocirun.record import Record
 
@@ -214,7 +213,7 @@ def _version() -> str:
 
 
 def parse_signal(raw: str) -> int:
-    import signal
+    from ocirun import signals
     if raw.isdigit():
         num = int(raw)
         if not 0 < num < 65:
@@ -223,10 +222,10 @@ def parse_signal(raw: str) -> int:
     name = raw.upper()
     if not name.startswith("SIG"):
         name = "SIG" + name
-    sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+    sig = signals.number(name)
     if sig is None:
         raise OciError(f"invalid signal {raw!r}")
-    return int(sig)
+    return sig
 
 
 def _root(g: dict[str, Any]) -> str:
@@ -263,7 +262,7 @@ def _cmd_start(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 def _cmd_state(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     from ocirun import state as st  # not lifecycle: `state` is called often, keep it light
-    print(json.dumps(st.load(st.open_container(_root(g), args[0])).to_oci(), indent=2))
+    print(jsonio.dumps(st.load(st.open_container(_root(g), args[0])).to_oci(), indent=2))
     return 0
 
 
@@ -295,7 +294,7 @@ def _cmd_list(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
         for s in states:
             print(s.id)
     elif v["format"] == "json":
-        print(json.dumps([s.to_oci() for s in states]))
+        print(jsonio.dumps([s.to_oci() for s in states]))
     elif v["format"] == "table":
         rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
         rows += [(s.id, str(s.to_oci()["pid"]), s.status, s.bundle, s.created,
@@ -382,7 +381,7 @@ def _cmd_events(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 def _cmd_features(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     from ocirun.features import features
-    print(json.dumps(features(), indent=4))
+    print(jsonio.dumps(features(), indent=4))
     return 0
 
 
@@ -390,7 +389,7 @@ def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     pids = _cgroup_of_running(g, args[0], ("created", "running", "paused"), "list "
                               "processes of").pids()
     if v["format"] == "json":
-        print(json.dumps(pids))
+        print(jsonio.dumps(pids))
     else:
         print("PID")
         for pid in pids:

@@ -33,6 +33,42 @@ def dev_is_bound_from_host(spec: Spec) -> bool:
                for m in spec.mounts)
 
 
+_TYPE_NAMES = {stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+               stat.S_IFIFO: "fifo", stat.S_IFREG: "regular file", stat.S_IFDIR: "directory",
+               stat.S_IFLNK: "symbolic link", stat.S_IFSOCK: "socket"}
+
+
+def _describe(mode: int, rdev: int) -> str:
+    kind = _TYPE_NAMES.get(stat.S_IFMT(mode), "file")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"{kind} {os.major(rdev)}:{os.minor(rdev)}"
+    return kind
+
+
+def check_existing(root: str, dev: Device, bind: bool, where: str) -> None:
+    """config-linux.md#devices: "If a file already exists at path that does not match the
+    requested device, the runtime MUST generate an error."  A match is a node of the same
+    type and numbers; when binding (user namespace) also an empty regular file, the
+    mount point a bind leaves behind in the rootfs."""
+    path = secure_join(root, dev.path)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise OciError(f"{where}: {dev.path}: {os.strerror(e.errno).lower()}") from None
+    want = _TYPE_BITS[dev.type]
+    if stat.S_IFMT(st.st_mode) == want and (
+            want == stat.S_IFIFO or
+            st.st_rdev == os.makedev(dev.major or 0, dev.minor or 0)):
+        return
+    if bind and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        return
+    wanted = _describe(want, os.makedev(dev.major or 0, dev.minor or 0))
+    raise OciError(f"{where}: {dev.path} already exists in the rootfs as a "
+                   f"{_describe(st.st_mode, st.st_rdev)}, not the requested {wanted}")
+
+
 def _create(root: str, dev: Device, bind: bool) -> None:
     path = secure_join(root, dev.path)
     os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
@@ -58,6 +94,8 @@ def create_devices(spec: Spec, in_userns: bool) -> None:
         wanted.extend(DEFAULT_DEVICES)
     listed = {d.path for d in spec.linux.devices}
     wanted = [d for d in wanted if d.path not in listed] + list(spec.linux.devices)
+    for i, dev in enumerate(spec.linux.devices):
+        check_existing(root, dev, in_userns, f"linux.devices[{i}]")
     for dev in wanted:
         try:
             _create(root, dev, in_userns)

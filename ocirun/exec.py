@@ -17,12 +17,12 @@ never touched beyond the new process and its cgroup membership.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 import fcntl
-import json
 import os
-import signal
-import socket
 import sys
+
+from ocirun import jsonio
 from ocirun import state as st
 from ocirun import sys as ksys
 from ocirun.errors import OciError
@@ -87,7 +87,7 @@ def _read_process_file(path: str) -> Process:
     except OSError as e:
         raise OciError(f"--process {path}: {(e.strerror or str(e)).lower()}") from None
     try:
-        return parse_process(json.loads(data))
+        return parse_process(jsonio.loads(data))
     except (ValueError, UnicodeDecodeError) as e:
         raise OciError(f"--process {path}: invalid JSON: {e}") from None
 
@@ -164,7 +164,7 @@ def _load_container(root: str, container_id: str, ignore_paused: bool
         raise OciError(f"cannot exec in container {container_id}: it is being created")
     try:
         with open(cdir.file(st.CONFIG_FILE), "rb") as f:
-            spec = parse_spec(json.loads(f.read()), state.bundle)
+            spec = parse_spec(jsonio.loads(f.read()), state.bundle)
     except OSError as e:
         raise OciError(f"container {container_id}: reading its config: "
                        f"{(e.strerror or str(e)).lower()}") from None
@@ -202,6 +202,8 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     detached return 0 once it has exec'd."""
     state, spec = _load_container(root, container_id, opts.ignore_paused)
     process = build_process(spec, opts)
+    from ocirun import caps
+    process = caps.keep_grantable(process, spec.linux.namespace("user") is not None)
     if process.terminal and opts.detach and not opts.console_socket:
         raise OciError("cannot allocate a tty for a detached exec without "
                        "--console-socket")
@@ -238,7 +240,7 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
 
     if not opts.detach:
         # The process is our grandchild: as a subreaper we can wait for it.
-        ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
+        ksys.set_child_subreaper()
     try:
         ns_fds = _open_namespaces(state, spec)
         parent, child = Channel.pair()
@@ -374,7 +376,7 @@ def _process(ch: Channel, plan: _Plan) -> NoReturn:
         if ch.fileno() < first:  # keep the channel clear of the preserved fds
             high = fcntl.fcntl(ch.fileno(), fcntl.F_DUPFD_CLOEXEC, first)
             ch.close()
-            ch = Channel(socket.socket(fileno=high))
+            ch = Channel.from_fd(high)
         if plan.console_fd >= 0:
             from ocirun import console
             os.setsid()  # a new session, so that the pty can be its controlling tty

@@ -17,9 +17,11 @@ The first four fail their operation; poststart/poststop failures are warnings.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 import os
-import signal
-from typing import Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 from ocirun import sys as ksys
 from ocirun.errors import OciError

@@ -9,15 +9,15 @@ interpreter state (atexit, buffered files) may run twice.
 
 from __future__ import annotations
 
-import json
+import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 import os
-import signal
-import socket
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
+from ocirun import jsonio
+from ocirun import state as st
 from ocirun import sys as ksys
 from ocirun.errors import OciError
 from ocirun.record import Record
@@ -56,14 +56,17 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 
 # ------------------------------------------------------------------------- stage 1
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
+    # The parent moves stage1, then the init, into the container's cgroup while they
+    # work: the first cgroup.procs write waits for an RCU grace period (~10 ms), which
+    # would otherwise be paid before any of this.  The init waits for the move to end
+    # before it makes the cgroup namespace, mounts a cgroup filesystem, or reports.
     try:
-        ch.expect("go")  # the parent has put us in the container's cgroup
         _preload(cfg)  # still the runtime's user and mounts: the library is reachable
         linux = cfg.spec.linux
         _join_namespaces(cfg.spec)
         new_flags = 0
         for ns in linux.namespaces:
-            if ns.path is None and ns.type != "user":
+            if ns.path is None and ns.type not in ("user", "cgroup"):
                 new_flags |= ksys.NAMESPACE_FLAGS[ns.type]
         user_ns = linux.namespace("user")
         if user_ns is not None and user_ns.path is None:
@@ -79,13 +82,34 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
             with open("/proc/self/timens_offsets", "w") as f:
                 for clock, (secs, nanos) in linux.time_offsets.items():
                     f.write(f"{clock} {secs} {nanos}\n")
+        # The init says nothing before its pid is on the channel (both write to the
+        # same socket): a stage1 descheduled right after fork must not let the init's
+        # "hooks" or "ready" overtake "pid".  If stage1 dies first, the init sees EOF
+        # and leaves, so the parent sees EOF too rather than waiting forever.
+        gate_r, gate_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(gate_w)
+            _await_pid_reported(gate_r)
             init(ch, cfg)
+        os.close(gate_r)
         ch.send("pid", pid=pid)
+        os.write(gate_w, b"1")
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
         _fail(ch, e)
     os._exit(0)
+
+
+def _await_pid_reported(gate: int) -> None:
+    """The init's first step: wait until stage1 has sent our pid to the parent.  If
+    stage1 died before that, leave without a word: the parent reports its death."""
+    try:
+        reported = os.read(gate, 1) == b"1"
+    except OSError:
+        reported = False
+    os.close(gate)
+    if not reported:
+        os._exit(1)
 
 
 def _join_namespaces(spec: Spec) -> None:
@@ -149,7 +173,10 @@ def _preload(cfg: InitConfig) -> None:
     to the mapped root (e.g. under /root), and after pivot_root it is out of reach."""
     import resource  # noqa: F401 - used by _set_rlimits
     import _prctl  # noqa: F401 - used by caps.apply
-    from ocirun import caps, devices, hooks, rootfs  # noqa: F401
+    from ocirun import caps, devices, rootfs  # noqa: F401
+    ksys.load()
+    if cfg.spec.hooks.create_container or cfg.spec.hooks.start_container:
+        from ocirun import hooks  # noqa: F401
     if cfg.console_fd is not None:
         from ocirun import console  # noqa: F401
     if any(m.type == "cgroup" for m in cfg.spec.mounts):
@@ -162,7 +189,6 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     """Everything up to "ready"; returns the state JSON the parent gave for hooks."""
     _preload(cfg)  # already done by stage1: these are lookups in sys.modules
     from ocirun import devices, rootfs
-    from ocirun.hooks import run_hooks
     if cfg.console_fd is not None:
         from ocirun import console
 
@@ -174,19 +200,35 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     in_userns = linux.namespace("user") is not None
     mount_ns = linux.namespace("mount")
     new_rootfs = mount_ns is not None and mount_ns.path is None
+    in_cgroup = False
+
+    def enter_cgroup() -> None:
+        """Wait until the parent has moved us into the container's cgroup, then make
+        the cgroup namespace (rooted there)."""
+        nonlocal in_cgroup
+        if not in_cgroup:
+            in_cgroup = True
+            ch.expect("go")
+            cgroup_ns = linux.namespace("cgroup")
+            if cgroup_ns is not None and cgroup_ns.path is None:
+                ksys.unshare(ksys.CLONE_NEWCGROUP)
+
     if new_rootfs:
         rootfs.prepare_root(spec)
-        rootfs.mount_all(spec, cfg.bundle)
+        rootfs.mount_all(spec, cfg.bundle, before_cgroup_mount=enter_cgroup)
         devices.create_devices(spec, in_userns)
         os.makedirs(rootfs.secure_join(spec.root.path, process.cwd), 0o755, exist_ok=True)
+    enter_cgroup()
     if spec.hostname is not None:
-        socket.sethostname(spec.hostname)
+        import _socket
+        _socket.sethostname(spec.hostname)
     if spec.domainname is not None:
         ksys.setdomainname(spec.domainname)
     ch.send("hooks")  # prestart + createRuntime run in the runtime's namespaces
     msg, _ = ch.expect("go")
     state_json = msg["state"].encode()
     if spec.hooks.create_container:
+        from ocirun.hooks import run_hooks
         run_hooks(spec.hooks.create_container, container_hook_state(state_json, "creating"),
                   "createContainer")
     if new_rootfs:
@@ -215,10 +257,10 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
 def container_hook_state(state_json: bytes, status: str) -> bytes:
     """The state for a hook run in the container's namespaces: the status of that
     moment, and the pid as the container sees it (runtime-spec, State)."""
-    data = json.loads(state_json)
+    data = jsonio.loads(state_json)
     data["status"] = status
     data["pid"] = os.getpid()
-    return json.dumps(data).encode()
+    return jsonio.dumps(data).encode()
 
 
 def reset_signals() -> None:
@@ -360,27 +402,23 @@ def _home(uid: int) -> str:
     return "/"
 
 
-# The exec fifo, init side.  `start` opens it for reading; the init then writes
-#   "0"  released: startContainer hooks run next,
-#   "1"  the hooks passed: execve follows,
-#   "E" + JSON {"msg", "code"}  on a failure before execve,
-# and the write end, close-on-exec, reaches EOF at execve (or at the init's death).
-# So `start` returns only once the process runs, and reports what stopped it.
-FIFO_RELEASED, FIFO_EXECUTING, FIFO_ERROR = b"0", b"1", b"E"
+FIFO_RELEASED, FIFO_EXECUTING, FIFO_ERROR = st.FIFO_RELEASED, st.FIFO_EXECUTING, st.FIFO_ERROR
 
 
 def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
-    from ocirun.hooks import run_hooks
-
     process = cfg.spec.process
     assert process is not None
     fifo = -1
     try:
         os.umask(process.user.umask if process.user.umask is not None else 0o022)
+        # The waiting init is charged to the container's memory cgroup: give back
+        # what the setup freed before blocking (possibly for a long time) on the fifo.
+        ksys.malloc_trim()
         fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=cfg.state_dir_fd)
         os.write(fifo, FIFO_RELEASED)
         os.close(cfg.state_dir_fd)
         if cfg.spec.hooks.start_container:
+            from ocirun.hooks import run_hooks
             run_hooks(cfg.spec.hooks.start_container,
                       container_hook_state(state_json, "created"), "startContainer")
         _fifo_write(fifo, FIFO_EXECUTING)
@@ -412,7 +450,7 @@ def _die(msg: str, code: int, fifo: int = -1) -> NoReturn:
         pass
     try:
         if fifo >= 0:
-            _fifo_write(fifo, FIFO_ERROR + json.dumps({"msg": msg, "code": code}).encode())
+            _fifo_write(fifo, FIFO_ERROR + jsonio.dumps({"msg": msg, "code": code}).encode())
     finally:
         sys.stderr = None  # type: ignore[assignment]
         os._exit(code)

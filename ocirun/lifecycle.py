@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import signal
+import time
+import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ocirun.spec import Hooks, Spec
+    from ocirun.sync import Channel
+
+from ocirun import jsonio
 from ocirun import log
-from ocirun import sys as ksys
 from ocirun import state as st
 from ocirun.errors import OciError
 from ocirun.record import Record
-from ocirun.spec import Spec, read_spec
-from ocirun.sync import Channel
 
 
 class CreateOptions(Record):
@@ -39,6 +40,12 @@ class _Undo:
     def push(self, fn: Any, *args: Any) -> None:
         self.steps.append((fn, args))
 
+    def drop(self, fn: Any, *args: Any) -> None:
+        """Forget a step that no longer applies (a child already reaped: its pid may
+        be another process's by the time the undo would run)."""
+        if (fn, args) in self.steps:
+            self.steps.remove((fn, args))
+
     def run(self) -> None:
         for fn, args in reversed(self.steps):
             try:
@@ -57,6 +64,55 @@ def _kill_and_reap(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         _wait_exit(pid, 5.0)
+
+
+def _kill_own_processes(cgroup: Any, timeout: float = 5.0) -> None:
+    """SIGKILL and reap every process in the new container's cgroup that descends from
+    this runtime process: stage1, the init (also one whose pid never reached us) and
+    whatever they started (without a pid namespace of its own, what the init forked
+    outlives it).  As a subreaper we inherit every orphan among them, so the chain of
+    parents leads back here; a process that only shares the cgroup (another container
+    with the same cgroupsPath) is not ours and is left to destroy()'s rule."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout
+    killed: set[int] = set()
+    while True:
+        try:
+            ours = [p for p in cgroup.pids() if _descends_from(p, me)]
+        except OciError:
+            ours = []  # the cgroup is gone
+        for pid in ours:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        for pid in killed:  # the dead leave cgroup.procs at once; reap our children
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if not ours:
+            return
+        if time.monotonic() >= deadline:
+            raise OciError(f"cgroups: pids {', '.join(map(str, ours[:10]))} of the failed "
+                           f"create still in {cgroup.cgroups_path} after SIGKILL")
+        time.sleep(0.01)
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    for _ in range(64):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        pid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
@@ -115,7 +171,11 @@ def create(root: str, container_id: str, opts: CreateOptions,
     `console_sock` is the init's end of a socket pair when the caller (foreground
     `run`) receives the pty master itself instead of an engine's --console-socket.
     `config` is the bundle's config as `read_spec` returned it, if the caller has it."""
+    from ocirun import caps
+    from ocirun import sys as ksys
     from ocirun.init import InitConfig, stage1
+    from ocirun.spec import read_spec
+    from ocirun.sync import Channel
 
     n_listen = listen_fds()
     _check_passed_fds(n_listen, "LISTEN_FDS")
@@ -131,7 +191,10 @@ def create(root: str, container_id: str, opts: CreateOptions,
     if opts.console_socket and not spec.process.terminal:
         raise OciError("--console-socket: process.terminal is false: there is no "
                        "terminal to send")
+    if spec.linux.intel_rdt is not None:
+        _refuse_intel_rdt()
     rootless = is_rootless(opts.rootless)
+    spec = caps.keep_grantable_spec(spec)  # warns here: the init's stderr is the container's
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
@@ -168,7 +231,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         # A subreaper while the children run: when stage1 exits the init becomes our
         # child, so a death during create is reported with its signal; when we exit it
         # moves on to the caller's subreaper, as it would have anyway.
-        ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
+        ksys.set_child_subreaper()
         stage1_pid = os.fork()
         if stage1_pid == 0:
             parent.close()
@@ -176,15 +239,20 @@ def create(root: str, container_id: str, opts: CreateOptions,
         child.close()
         if console_sock is not None:
             console_sock.close()  # the init has its copy
-        undo.push(_kill_and_reap, stage1_pid)
         if cgroup is not None:
+            # Runs after the kills of stage1 and the init: whatever of ours is still
+            # in the cgroup, before cgroup.destroy (which spares live processes).
+            undo.push(_kill_own_processes, cgroup)
+        undo.push(_kill_and_reap, stage1_pid)
+        if cgroup is not None:  # stage1 goes on meanwhile: see init.stage1
             _join_cgroup(cgroup, stage1_pid, spec, rootless)
-        parent.send("go")
-        _drive_children(parent, spec, state, stage1_pid, undo)
+            state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
+        _drive_children(parent, spec, state, stage1_pid, undo, cgroup, rootless)
         parent.close()
         state.pid_start = st.process_start_time(state.pid) or 0
         if not state.pid_start:
-            raise OciError("container init exited during create")
+            why = _death_of(state.pid, 0.5)
+            raise OciError(f"container init exited during create{': ' + why if why else ''}")
         state.status = "created"
         cdir.write(state)
         if opts.pid_file:
@@ -194,6 +262,17 @@ def create(root: str, container_id: str, opts: CreateOptions,
     except BaseException:
         undo.run()
         raise
+
+
+def _refuse_intel_rdt() -> None:
+    """ocirun does not manage resctrl groups (`features` says so); the spec asks for an
+    error where no resctrl filesystem is mounted, and we give one in every case."""
+    with open("/proc/self/mountinfo") as f:
+        mounted = any(line.split(" - ", 1)[-1].startswith("resctrl ") for line in f)
+    if not mounted:
+        raise OciError("linux.intelRdt: no resctrl filesystem is mounted "
+                       "(mount -t resctrl resctrl /sys/fs/resctrl)")
+    raise OciError("linux.intelRdt: Intel RDT (resctrl) is not supported by ocirun")
 
 
 def _make_cgroup(spec: Spec, container_id: str, opts: CreateOptions, rootless: bool,
@@ -255,28 +334,27 @@ def _death_of(pid: int, timeout: float = 2.0) -> str:
     try:
         if pidfd >= 0:
             select.select([pidfd], [], [], timeout)
-        reaped, status = os.waitpid(pid, os.WNOHANG)
+        # WNOWAIT: the zombie stays until the undo reaps it, so its pid cannot be
+        # reused before the undo's SIGKILL by pid.
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return ""
     finally:
         if pidfd >= 0:
             os.close(pidfd)
-    if not reaped:
+    if info is None or info.si_pid == 0:
         return ""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by signal {sig} ({name})"
-    return f"exit status {os.WEXITSTATUS(status)}"
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        from ocirun import signals
+        sig = info.si_status
+        return f"killed by signal {sig} ({signals.name(sig)})"
+    return f"exit status {info.si_status}"
 
 
 def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
-                    undo: _Undo) -> None:
-    """Answer the children's requests until the init reports ready."""
-    from ocirun.hooks import run_hooks
+                    undo: _Undo, cgroup: Any = None, rootless: bool = False) -> None:
+    """Answer the children's requests until the init reports ready; the init learns
+    from the first answer that it is in the container's cgroup."""
     from ocirun.sync import ChildError
 
     phase = "while setting up namespaces"
@@ -293,30 +371,49 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
         except OSError:  # the child is gone (EPIPE, ECONNRESET)
             raise died() from None
 
-    while True:
+    def receive(*kinds: str) -> tuple[dict[str, Any], list[int]]:
         try:
-            msg, fds = ch.expect("userns", "pid", "hooks", "seccomp", "ready")
+            return ch.expect(*kinds)
         except ChildError as e:
             if e.message != "container init exited unexpectedly":
                 raise
             raise died() from None
         except OSError:  # ECONNRESET: it died with our last message unread
             raise died() from None
+
+    def got_pid(msg: dict[str, Any]) -> None:
+        nonlocal phase
+        state.pid = msg["pid"]
+        undo.push(_kill_and_reap, state.pid)
+        os.waitpid(stage1_pid, 0)
+        undo.drop(_kill_and_reap, stage1_pid)  # reaped: its pid is free for reuse
+        phase = "while building the rootfs"
+        if cgroup is not None:
+            # stage1 may have forked it before it was moved itself; another write
+            # right after the first one is cheap (no grace period to wait for).
+            _join_cgroup(cgroup, state.pid, spec, rootless)
+        answer()
+
+    while True:
+        msg, fds = receive("userns", "pid", "hooks", "seccomp", "ready")
         kind = msg["t"]
+        if kind not in ("userns", "pid") and not state.pid:
+            # stage1 reports the pid before the init may speak (init.stage1): never
+            # go on with pid 0 (hooks given pid 0, an init the undo could not kill).
+            raise ChildError(f"internal error: container init sent {kind!r} before its pid")
         if kind == "userns":
             from ocirun.userns import write_id_maps
             write_id_maps(stage1_pid, spec.linux)
             answer()
         elif kind == "pid":
-            state.pid = msg["pid"]
-            undo.push(_kill_and_reap, state.pid)
-            _, status = os.waitpid(stage1_pid, 0)
-            phase = "while building the rootfs"
+            got_pid(msg)
         elif kind == "hooks":
             hook_state = state.hook_state()
             phase = "while the prestart/createRuntime hooks ran"
-            run_hooks(spec.hooks.prestart, hook_state, "prestart")
-            run_hooks(spec.hooks.create_runtime, hook_state, "createRuntime")
+            if spec.hooks.prestart or spec.hooks.create_runtime:
+                from ocirun.hooks import run_hooks
+                run_hooks(spec.hooks.prestart, hook_state, "prestart")
+                run_hooks(spec.hooks.create_runtime, hook_state, "createRuntime")
             answer(state=hook_state.decode())
             phase = "during createContainer hooks, pivot_root or the process setup"
         elif kind == "seccomp":
@@ -336,7 +433,8 @@ def forward_seccomp_listener(spec: Spec, state: st.State, fds: list[int]) -> Non
             os.close(fd)
 
 
-def start(root: str, container_id: str) -> None:
+def start(root: str, container_id: str, stored: tuple[Hooks, bool] | None = None) -> None:
+    """`stored`: what `_stored` would read back, from a caller that has the spec."""
     cdir = st.open_container(root, container_id)
     with cdir:
         state = st.load(cdir)
@@ -344,11 +442,11 @@ def start(root: str, container_id: str) -> None:
             raise OciError(f"cannot start a container that is not created "
                            f"(container {container_id} is {state.status})")
         _release_init(cdir, state)
-    spec = _stored_spec(cdir)
-    if spec is not None and spec.hooks.poststart:
+    hooks = (stored or _stored(cdir) or (None, True))[0]
+    if hooks is not None and hooks.poststart:
         from ocirun.hooks import run_hooks_warn
         state.status = "running"
-        run_hooks_warn(spec.hooks.poststart, state.hook_state(), "poststart", log.warn)
+        run_hooks_warn(hooks.poststart, state.hook_state(), "poststart", log.warn)
 
 
 def _release_init(cdir: st.ContainerDir, state: st.State) -> None:
@@ -405,29 +503,35 @@ def _read_available(fd: int) -> bytes:
 
 
 def _check_exec_report(state: st.State, report: bytes) -> None:
-    from ocirun.init import FIFO_ERROR, FIFO_EXECUTING, FIFO_RELEASED
-    if not report.startswith(FIFO_RELEASED):
+    if not report.startswith(st.FIFO_RELEASED):
         raise OciError(f"container {state.id}: init process exited before start")
-    rest = report[len(FIFO_RELEASED):]
-    error_at = rest.find(FIFO_ERROR)
+    rest = report[len(st.FIFO_RELEASED):]
+    error_at = rest.find(st.FIFO_ERROR)
     if error_at >= 0:
         try:
-            err = json.loads(rest[error_at + 1:])
+            err = jsonio.loads(rest[error_at + 1:])
             raise OciError(str(err["msg"]), int(err.get("code", 1)))
         except (ValueError, KeyError, TypeError):
             raise OciError(f"container {state.id}: init failed before exec") from None
-    if not rest.startswith(FIFO_EXECUTING):
+    if not rest.startswith(st.FIFO_EXECUTING):
         raise OciError(f"container {state.id}: init process exited before executing "
                        "the container process (during startContainer hooks)")
 
 
-def _stored_spec(cdir: st.ContainerDir) -> Spec | None:
-    from ocirun.spec import parse_spec
+def _stored(cdir: st.ContainerDir) -> tuple[Hooks, bool] | None:
+    """The hooks and whether the pid namespace is private, from the stored config."""
+    from ocirun.spec import parse_stored
     try:
         with open(cdir.file(st.CONFIG_FILE), "rb") as f:
-            return parse_spec(json.loads(f.read()), cdir.path)
+            return parse_stored(jsonio.loads(f.read()))
     except (OSError, ValueError, OciError):
         return None
+
+
+def _known(spec: Spec) -> tuple[Hooks, bool]:
+    """What `_stored` reads back, from the spec in hand."""
+    pid_ns = spec.linux.namespace("pid")
+    return spec.hooks, pid_ns is not None and pid_ns.path is None
 
 
 def kill(root: str, container_id: str, sig: int, all_processes: bool = False) -> None:
@@ -451,17 +555,19 @@ def kill(root: str, container_id: str, sig: int, all_processes: bool = False) ->
         pass
 
 
-def delete(root: str, container_id: str, force: bool = False) -> None:
+def delete(root: str, container_id: str, force: bool = False,
+           stored: tuple[Hooks, bool] | None = None) -> None:
     cdir = st.ContainerDir(root, container_id)
     if not cdir.exists():
         if force:
             return
         raise OciError(f"container {container_id!r} does not exist")
     with cdir:
-        _delete_locked(cdir, force)
+        _delete_locked(cdir, force, stored)
 
 
-def _delete_locked(cdir: st.ContainerDir, force: bool) -> None:
+def _delete_locked(cdir: st.ContainerDir, force: bool,
+                   stored: tuple[Hooks, bool] | None = None) -> None:
     container_id = cdir.id
     state = st.load(cdir)
     if state.status in ("running", "paused") and not force:
@@ -469,24 +575,18 @@ def _delete_locked(cdir: st.ContainerDir, force: bool) -> None:
                        f"(status {state.status}); use --force")
     if state.status == "creating" and not force:
         raise OciError(f"container {container_id} is being created; use --force")
-    spec = _stored_spec(cdir)
-    private_pidns = spec is None or _private_pid_ns(spec)
+    hooks, private_pidns = stored or _stored(cdir) or (None, True)
     if state.status != "stopped" and state.pid or state.cgroup and not private_pidns:
         _stop_all(state, private_pidns)
     if state.cgroup:
         from ocirun.cgroups import manager_from_state
         # Left in place while another container sharing the cgroupsPath still uses it.
         manager_from_state(state.cgroup).destroy()
-    if spec is not None and spec.hooks.poststop:
+    if hooks is not None and hooks.poststop:
         from ocirun.hooks import run_hooks_warn
         state.status = "stopped"
-        run_hooks_warn(spec.hooks.poststop, state.hook_state(), "poststop", log.warn)
+        run_hooks_warn(hooks.poststop, state.hook_state(), "poststop", log.warn)
     cdir.remove()
-
-
-def _private_pid_ns(spec: Spec) -> bool:
-    ns = spec.linux.namespace("pid")
-    return ns is not None and ns.path is None
 
 
 def _stop_all(state: st.State, private_pidns: bool = True) -> None:
@@ -531,8 +631,10 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
     With process.terminal and no --console-socket, the runtime receives the pty
     master itself and attaches the caller's terminal to it."""
     if not detach:
+        from ocirun import sys as ksys
         # The init is our grandchild: as a subreaper we can wait for it.
-        ksys.prctl(ksys.PR_SET_CHILD_SUBREAPER, 1)
+        ksys.set_child_subreaper()
+    from ocirun.spec import read_spec
     ours = theirs = None
     config = read_spec(os.path.abspath(opts.bundle))  # parsed once, handed to create
     spec = config[0]
@@ -546,21 +648,22 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
     master = -1
     try:
         state, spec = create(root, container_id, opts, console_sock=theirs, config=config)
+        stored = _known(spec)
         if ours is not None:
             from ocirun import console
             try:
                 master = console.receive_master(ours)
             except BaseException:
-                delete(root, container_id, force=True)
+                delete(root, container_id, force=True, stored=stored)
                 raise
     finally:
         if ours is not None:
             ours.close()
     try:
         try:
-            start(root, container_id)
+            start(root, container_id, stored)
         except BaseException:
-            delete(root, container_id, force=True)
+            delete(root, container_id, force=True, stored=stored)
             raise
         if detach:
             return 0
@@ -572,7 +675,7 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
     finally:
         if master >= 0:
             os.close(master)
-    delete(root, container_id, force=True)
+    delete(root, container_id, force=True, stored=stored)
     return status
 
 

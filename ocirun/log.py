@@ -6,10 +6,11 @@ With --log-format json each line is {"level", "msg", "time"} (containerd keeps t
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
+
+from ocirun import jsonio
 
 _path: str | None = None
 _json = False
@@ -30,7 +31,7 @@ def _now() -> str:
 
 def _write(level: str, msg: str) -> None:
     if _json:
-        line = json.dumps({"level": level, "msg": msg, "time": _now()})
+        line = jsonio.dumps({"level": level, "msg": msg, "time": _now()})
     else:
         line = f'time="{_now()}" level={level} msg="{msg}"'
     try:

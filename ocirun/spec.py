@@ -7,9 +7,8 @@ only model of the configuration: the rest of ocirun reads these records.
 
 from __future__ import annotations
 
-import json
 import os
-import re
+from ocirun import jsonio
 from ocirun.record import Record
 
 from ocirun.errors import ConfigError, OciError
@@ -60,10 +59,9 @@ SECCOMP_OPS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP
 SECCOMP_FLAGS = ("SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
                  "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")
 
-_OCI_VERSION_RE = re.compile(r"^1\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 _UINT32 = 2**32 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_PAGE_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]B$")
+_SEMVER_TAG_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-")
 
 
 # ---------------------------------------------------------------------------- model
@@ -275,6 +273,14 @@ class Personality(Record):
     flags: tuple[str, ...] = ()
 
 
+class IntelRdt(Record):
+    clos_id: str | None = None
+    l3_cache_schema: str | None = None
+    mem_bw_schema: str | None = None
+    enable_cmt: bool = False
+    enable_mbm: bool = False
+
+
 class Linux(Record):
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()
@@ -290,6 +296,7 @@ class Linux(Record):
     readonly_paths: tuple[str, ...] = ()
     mount_label: str | None = None
     personality: Personality | None = None
+    intel_rdt: IntelRdt | None = None
 
     def namespace(self, ns_type: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -602,7 +609,9 @@ def _block_io(v: Any, p: str) -> BlockIO:
 def _hugepage_limit(v: Any, p: str) -> HugepageLimit:
     f = _Fields(v, p)
     page_size = f.req("pageSize", _string)
-    if not _PAGE_SIZE_RE.match(page_size):
+    number = page_size[:-2]
+    if page_size[-2:] not in ("KB", "MB", "GB") or not _is_ascii_number(number) or \
+            number.startswith("0"):
         raise ConfigError(f.at("pageSize"), f"{page_size!r} is not a page size like 2MB")
     return HugepageLimit(page_size=page_size,
                          limit=f.req("limit", lambda x, q: _int(x, q, 0)))
@@ -648,9 +657,17 @@ def _syscall_arg(v: Any, p: str) -> SyscallArg:
                       op=f.req("op", lambda x, q: _enum(x, q, SECCOMP_OPS)))
 
 
+def _syscall_names(v: Any, p: str) -> tuple[str, ...]:
+    # Engine profiles list ~400 names: check them in one pass, and build the per-item
+    # JSON path (`_strings`) only to report the bad one.
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    return _strings(v, p)
+
+
 def _syscall_rule(v: Any, p: str) -> SyscallRule:
     f = _Fields(v, p)
-    names = f.req("names", _strings)
+    names = f.req("names", _syscall_names)
     if not names:
         raise ConfigError(f.at("names"), "must contain at least one syscall name")
     return SyscallRule(names=names, action=f.req("action", lambda x, q: _enum(x, q, SECCOMP_ACTIONS)),
@@ -712,14 +729,41 @@ def _linux(v: Any, p: str) -> Linux:
         readonly_paths=f.opt("readonlyPaths", abs_paths, ()),
         mount_label=f.opt("mountLabel", _string),
         personality=f.opt("personality", _personality),
+        intel_rdt=f.opt("intelRdt", _intel_rdt),
     )
+
+
+def _intel_rdt(v: Any, p: str) -> IntelRdt:
+    f = _Fields(v, p)
+    return IntelRdt(clos_id=f.opt("closID", _string),
+                    l3_cache_schema=f.opt("l3CacheSchema", _string),
+                    mem_bw_schema=f.opt("memBwSchema", _string),
+                    enable_cmt=f.opt("enableCMT", _bool, False),
+                    enable_mbm=f.opt("enableMBM", _bool, False))
 
 
 def _oci_version(v: Any, p: str) -> str:
     _string(v, p)
-    if not _OCI_VERSION_RE.match(v):
+    if not _is_oci_version(v):
         raise ConfigError(p, f"{v!r} is not a supported version (expected 1.x.y)")
     return v
+
+
+def _is_ascii_number(s: str) -> bool:
+    return s.isascii() and s.isdigit()
+
+
+def _is_oci_version(v: str) -> bool:
+    """1.MINOR.PATCH with semver's optional -prerelease and +build (no `re` here: the
+    create path does not otherwise need it)."""
+    rest, plus, build = v.partition("+")
+    core, dash, pre = rest.partition("-")
+    for tag, present in ((pre, dash), (build, plus)):
+        if present and not (tag and _SEMVER_TAG_CHARS.issuperset(tag)):
+            return False
+    major, minor, patch = (core.split(".") + ["", "", ""])[:3]
+    return core.count(".") == 2 and major == "1" and _is_ascii_number(minor) and \
+        _is_ascii_number(patch)
 
 
 def _annotations(v: Any, p: str) -> dict[str, str]:
@@ -755,6 +799,18 @@ def parse_spec(data: Any, bundle: str = ".") -> Spec:
     )
     _check_semantics(spec)
     return spec
+
+
+def parse_stored(data: Any) -> tuple[Hooks, bool]:
+    """What `start` and `delete` use of a config that `create` checked in full: the
+    hooks, and whether the container has a pid namespace of its own.  Parsing all of
+    it again (an engine's seccomp profile alone is hundreds of rules) would be paid by
+    every start and delete."""
+    f = _Fields(data, "")
+    hooks = f.opt("hooks", _hooks, Hooks())
+    linux = _Fields(f.opt("linux", _obj, {}), "linux")
+    namespaces = linux.opt("namespaces", _namespaces, ())
+    return hooks, any(ns.type == "pid" and ns.path is None for ns in namespaces)
 
 
 def _check_semantics(spec: Spec) -> None:
@@ -806,7 +862,7 @@ def read_spec(bundle: str, require_process: bool = True) -> tuple[Spec, bytes]:
     except OSError as e:
         raise OciError(f"bundle {bundle}: config.json: {e.strerror.lower()}") from None
     try:
-        data = json.loads(raw)
+        data = jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise OciError(f"config.json: invalid JSON: {e}") from None
     spec = parse_spec(data, bundle)

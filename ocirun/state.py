@@ -8,14 +8,13 @@ read from a file: it is derived from the init's pid + start time, the fifo and t
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import re
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterator
 
+from ocirun import jsonio
 from ocirun.errors import OciError
 
 DEFAULT_ROOT = "/run/ocirun"
@@ -23,7 +22,15 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 EXEC_FIFO = "exec.fifo"
 
-_ID_RE = re.compile(r"^[\w+.-]+$")
+# What the init writes into the exec fifo once `start` opened it for reading:
+#   "0"  released: startContainer hooks run next,
+#   "1"  the hooks passed: execve follows,
+#   "E" + JSON {"msg", "code"}  on a failure before execve,
+# and the write end, close-on-exec, reaches EOF at execve (or at the init's death).
+# So `start` returns only once the process runs, and reports what stopped it.
+FIFO_RELEASED, FIFO_EXECUTING, FIFO_ERROR = b"0", b"1", b"E"
+
+_ID_PUNCTUATION = frozenset("_+.-")
 
 
 def default_root() -> str:
@@ -35,7 +42,8 @@ def default_root() -> str:
 def check_id(container_id: str) -> str:
     if not container_id:
         raise OciError("container id cannot be empty")
-    if not _ID_RE.match(container_id) or container_id in (".", ".."):
+    if container_id in (".", "..") or not all(
+            c.isalnum() or c in _ID_PUNCTUATION for c in container_id):
         raise OciError(f"invalid container id {container_id!r}: only letters, digits, "
                        "'_', '+', '-' and '.' are allowed")
     return container_id
@@ -93,7 +101,7 @@ class State:
         """The state given to hooks on stdin (annotations always present)."""
         data = self.to_oci()
         data["pid"] = self.pid
-        return json.dumps(data).encode()
+        return jsonio.dumps(data).encode()
 
 
 class ContainerDir:
@@ -141,14 +149,14 @@ class ContainerDir:
         data = state.to_record()
         tmp = self.file(f".{STATE_FILE}.{os.getpid()}")
         with open(tmp, "w") as f:
-            json.dump(data, f)
+            f.write(jsonio.dumps(data))
         os.rename(tmp, self.file(STATE_FILE))
 
     def read(self) -> State | None:
         """The stored record, or None while the container is still being created."""
         try:
             with open(self.file(STATE_FILE)) as f:
-                data = json.load(f)
+                data = jsonio.loads(f.read())
         except FileNotFoundError:
             return None
         except ValueError as e:

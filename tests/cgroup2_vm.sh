@@ -21,7 +21,7 @@ tool=${CG2VM_TOOL:-/work/shared/tools/in-cgroup2-vm.sh}
 [ -x "$tool" ] || tool=$here/../shared/tools/in-cgroup2-vm.sh
 export CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-3600}
 
-tests=${CG2VM_TESTS:-"tests/test_cgroups.py tests/test_cgroups_limits.py tests/test_cgroups_translate.py tests/test_container_cgroups.py"}
+tests=${CG2VM_TESTS:-"tests/test_cgroups.py tests/test_cgroups_limits.py tests/test_cgroups_translate.py tests/test_container_cgroups.py tests/test_systemd_cgroup.py"}
 args=""
 for a in "$@"; do args="$args $(printf '%q' "$a")"; done
 

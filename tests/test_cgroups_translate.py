@@ -6,7 +6,10 @@ instructions assemble() emits and comparing every verdict with the rule reductio
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -250,3 +253,52 @@ def test_hierarchy_path_strips_a_mount_root() -> None:
     assert h.fs_path("/") == "/sys/fs/cgroup/memory"
     u = Hierarchy(UNIFIED, "/sys/fs/cgroup", "/", frozenset())
     assert u.fs_path("/user.slice/a") == "/sys/fs/cgroup/user.slice/a"
+
+
+# ------------------------------------------------------------------ import cost
+_HEAVY = {"typing", "platform", "re", "dataclasses", "inspect", "glob", "math", "struct",
+          "ctypes", "signal", "json", "enum", "hashlib"}
+
+
+def _imported_after(code: str) -> set[str]:
+    """Modules `code` imports in a fresh `python -I -S` on top of ocirun.errors."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    probe = (f"import sys; sys.path.insert(0, {repo!r}); import ocirun.errors, os\n"
+             "before = set(sys.modules)\n"
+             f"{code}\n"
+             "print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], check=True,
+                         capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("mode,driver,other", [("hybrid", "v1", "v2"),
+                                               ("unified", "v2", "v1")])
+def test_a_command_on_an_existing_cgroup_imports_only_its_driver(mode, driver, other) -> None:
+    # kill --all, ps, pause, delete: manager_from_state and the manager's own work.
+    paths = {UNIFIED: "/nonexistent/x"} if mode == "unified" else {
+        "pids": "/nonexistent/pids/x", UNIFIED: "/nonexistent/unified/x"}
+    mods = _imported_after(
+        "from ocirun.cgroups import manager_from_state\n"
+        f"m = manager_from_state({{'mode': {mode!r}, 'path': 'x', 'paths': {paths!r}}})\n"
+        "m.is_frozen(); m.thaw()\n"
+        "try:\n    m.destroy()\nexcept Exception:\n    pass")
+    assert f"ocirun.cgroups.{driver}" in mods
+    assert f"ocirun.cgroups.{other}" not in mods
+    unwanted = {"ocirun.cgroups.devices", "ocirun.cgroups.devices_bpf", "ocirun.cgroups.stats",
+                "ocirun.cgroups.resources", "ocirun.cgroups.detect", "ocirun.spec"}
+    assert not mods & (_HEAVY | unwanted), sorted(mods & (_HEAVY | unwanted))
+
+
+def test_creating_a_cgroup_imports_nothing_heavy() -> None:
+    # What create needs besides the config model: detection, both drivers' modules,
+    # the resource plan and the device rules (devices_bpf only loads a v2 program).
+    mods = _imported_after(
+        "import ocirun.spec\n"
+        "before = set(sys.modules)  # the config model is not the cgroup code's cost\n"
+        "import ocirun.cgroups.detect, ocirun.cgroups.v1, ocirun.cgroups.v2\n"
+        "import ocirun.cgroups.resources, ocirun.cgroups.devices\n"
+        "from ocirun.cgroups.resources import plan\n"
+        "plan(None, lambda c: 1)")
+    assert "ocirun.cgroups.devices_bpf" not in mods
+    assert not mods & _HEAVY, sorted(mods & _HEAVY)

@@ -556,11 +556,6 @@ def test_delete_removes_every_cgroup_directory_in_every_hierarchy(runtime: Runti
         assert not os.path.exists(top), top
 
 
-# Known intermittent failure (issue #4): once in the pure-v2 guest, `delete --force` of
-# the first container failed with "invalid argument"; not reproduced since. Non-strict so
-# it still runs and reports XPASS/XFAIL, instead of failing CI while it is investigated.
-@pytest.mark.xfail(strict=False, reason="intermittent EINVAL on delete --force of a "
-                   "shared cgroup on cgroup v2 (issue #4)")
 @pytest.mark.parametrize("first", ["creator", "joiner"])
 def test_containers_sharing_a_cgroup_path(runtime: Runtime, first: str) -> None:
     path = f"{runtime.cgroup_prefix}-shared"

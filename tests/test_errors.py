@@ -51,7 +51,18 @@ CONFIG_ERRORS = [
      "mounts[7].destination"),
     ("bad-seccomp-action", lambda s: s["linux"].update(seccomp={"defaultAction": "NOPE"}),
      "linux.seccomp.defaultAction"),
+    ("bad-intel-rdt", lambda s: s["linux"].update(intelRdt={"closID": 5}),
+     "linux.intelRdt.closID"),
 ]
+
+
+def test_intel_rdt_is_refused_with_nothing_left_behind(runtime: Runtime) -> None:
+    """config-linux.md#intelrdt: without a mounted resctrl the runtime MUST error
+    (ocirun manages no resctrl groups at all, and says so where one is mounted)."""
+    bundle = runtime.bundle(edit=lambda s: s["linux"].update(
+        intelRdt={"closID": "ocirun-test", "l3CacheSchema": "L3:0=ff"}))
+    r = runtime("create", "--bundle", str(bundle), runtime.new_id())
+    _assert_clean_failure(runtime, r, "linux.intelRdt")
 
 
 @pytest.mark.parametrize("name,edit,path", CONFIG_ERRORS, ids=[c[0] for c in CONFIG_ERRORS])

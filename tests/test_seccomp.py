@@ -556,6 +556,139 @@ def test_cache_hit_loads_without_importing_pyseccomp(tmp_path: Path, cache: str)
     assert not (tmp_path / "d").exists()
 
 
+def test_cache_hit_imports_nothing_heavy(cache: str) -> None:
+    # The hit is on every engine's create: no pyseccomp, and none of json, re, enum,
+    # typing, hashlib (a few ms each, more than the hit's own work).
+    sc = load_engine_profile() if os.path.exists(CONTAINERS_PROFILE) else deny_mkdir()
+    config = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+              "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+              "linux": {"seccomp": {
+                  "defaultAction": sc.default_action,
+                  "architectures": list(sc.architectures),
+                  "syscalls": [{"names": list(r.names), "action": r.action,
+                                **({"errnoRet": r.errno_ret} if r.errno_ret is not None else {}),
+                                "args": [{"index": a.index, "value": a.value,
+                                          "valueTwo": a.value_two, "op": a.op}
+                                         for a in r.args]}
+                               for r in sc.syscalls]}}}
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from ocirun.spec import parse_spec
+        spec = parse_spec({config!r}, "/")
+        before = set(sys.modules)
+        from ocirun.seccomp import prepare
+        p = prepare(spec.linux.seccomp, {cache!r})
+        print(p.cache_hit, " ".join(sorted(set(sys.modules) - before)))
+        """)
+    from ocirun.spec import parse_spec
+    assert not prepare(parse_spec(config, "/").linux.seccomp, cache).cache_hit  # fill it
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == "True"
+    heavy = {"json", "re", "enum", "typing", "hashlib", "_hashlib", "pyseccomp", "seccomp",
+             "ocirun.seccomp.compiler", "ocirun.seccomp.enosys", "socket", "ctypes"}
+    assert not set(out[1:]) & heavy, sorted(set(out[1:]) & heavy)
+
+
+def test_after_warm_up_load_imports_nothing(tmp_path: Path, cache: str) -> None:
+    # What stage1 does before entering the container's namespaces: from then on,
+    # load() must not need a file (the interpreter's library is out of reach).
+    assert not prepare(deny_mkdir(), cache).cache_hit  # fill the cache
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from ocirun.seccomp import load, prepare, warm_up
+        from ocirun.spec import Seccomp, SyscallRule
+        p = prepare(Seccomp(default_action="SCMP_ACT_ALLOW", syscalls=(SyscallRule(
+            names=("mkdir", "mkdirat"), action="SCMP_ACT_ERRNO"),)), {cache!r})
+        assert "ctypes" not in sys.modules and p.cache_hit
+        warm_up()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            before = set(sys.modules)
+            load(p)
+            os.write(w, " ".join(sorted(set(sys.modules) - before)).encode() + b".")
+            os.execv("/bin/mkdir", ["mkdir", {str(tmp_path / "d")!r}])
+        os.close(w)
+        print(os.read(r, 4096).decode()[:-1] or "-", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["-", "1"]  # nothing imported; mkdir denied
+    assert not (tmp_path / "d").exists()
+
+
+def test_cache_key_is_canonical_and_covers_what_shapes_the_program() -> None:
+    from ocirun.seccomp.cache import cache_key
+    arg = SyscallArg(index=0, value=1, op="SCMP_CMP_EQ")
+    base = profile("SCMP_ACT_ERRNO", SyscallRule(names=("read", "write"), action="SCMP_ACT_ALLOW",
+                                                 args=(arg,)),
+                   architectures=("SCMP_ARCH_X86_64",), default_errno_ret=1)
+    key = cache_key(base)
+    # Lists where the parser gives tuples, flags and listener settings: same program.
+    rule = base.syscalls[0]
+    assert cache_key(base.replace(syscalls=[rule.replace(names=["read", "write"])],
+                                  architectures=["SCMP_ARCH_X86_64"])) == key
+    assert cache_key(base.replace(flags=("SECCOMP_FILTER_FLAG_LOG",),
+                                  listener_path="/l", listener_metadata="m")) == key
+    # Anything that changes the program changes the key.
+    changed = [
+        base.replace(default_action="SCMP_ACT_KILL_PROCESS"),
+        base.replace(default_errno_ret=None),
+        base.replace(default_errno_ret=2),
+        base.replace(architectures=("SCMP_ARCH_X86_64", "SCMP_ARCH_X86")),
+        base.replace(syscalls=()),
+        base.replace(syscalls=(rule.replace(names=("read",)),)),
+        base.replace(syscalls=(rule.replace(names=("write", "read")),)),
+        base.replace(syscalls=(rule.replace(action="SCMP_ACT_LOG"),)),
+        base.replace(syscalls=(rule.replace(errno_ret=1),)),
+        base.replace(syscalls=(rule.replace(args=()),)),
+        base.replace(syscalls=(rule.replace(args=(arg.replace(index=1),)),)),
+        base.replace(syscalls=(rule.replace(args=(arg.replace(value=2),)),)),
+        base.replace(syscalls=(rule.replace(args=(arg.replace(value_two=1),)),)),
+        base.replace(syscalls=(rule.replace(args=(arg.replace(op="SCMP_CMP_NE"),)),)),
+        base.replace(syscalls=(rule, rule)),
+    ]
+    keys = [cache_key(c) for c in changed]
+    assert key not in keys and len(set(keys)) == len(keys)
+
+
+def test_cache_key_is_the_same_in_every_process() -> None:
+    from ocirun.seccomp.cache import cache_key
+    sc = deny_mkdir(errno_ret=errno.EXDEV)
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "from ocirun.seccomp.cache import cache_key\n"
+              "from ocirun.spec import Seccomp, SyscallRule\n"
+              "print(cache_key(Seccomp(default_action='SCMP_ACT_ALLOW', syscalls=(SyscallRule("
+              "names=%r, action='SCMP_ACT_ERRNO', errno_ret=%d),))))" % (str(REPO), MKDIR,
+                                                                          errno.EXDEV))
+    keys = {subprocess.run([sys.executable, "-I", "-S", "-c", script], check=True, text=True,
+                           capture_output=True, env={"PYTHONHASHSEED": seed}).stdout.strip()
+            for seed in ("1", "2", "random")}
+    assert keys == {cache_key(sc)}
+
+
+def test_syscall_names_are_checked_with_their_json_path() -> None:
+    from ocirun.spec import parse_spec
+
+    def config(names: object) -> dict[str, object]:
+        return {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                    {"names": ["read"], "action": "SCMP_ACT_LOG"},
+                    {"names": names, "action": "SCMP_ACT_ERRNO"}]}}}
+    # Unknown names are the compiler's business (skipped, as runc), not the parser's.
+    ok = parse_spec(config(["mkdir", "mkdirat", "no_such_syscall"]), "/").linux.seccomp
+    assert ok is not None
+    assert ok.syscalls[1].names == ("mkdir", "mkdirat", "no_such_syscall")
+    for names, where in (([" mkdir", 7], r"syscalls\[1\]\.names\[1\]: must be a string"),
+                         ("mkdir", r"syscalls\[1\]\.names: must be an array"),
+                         ([], r"syscalls\[1\]\.names: must contain at least one")):
+        with pytest.raises(ConfigError, match=where):
+            parse_spec(config(names), "/")
+
+
 def test_corrupt_cache_file_is_recompiled(cache: str) -> None:
     first = prepare(deny_mkdir(), cache)
     data = bytearray(Path(first.cache_path).read_bytes())

@@ -220,6 +220,7 @@ VALID: dict[str, dict[str, Any]] = {
 
 # (name, config, path of the offending value)
 INVALID: list[tuple[str, Any, str]] = [
+    ("intelRdt-closID", cfg(linux={"intelRdt": {"closID": 5}}), "linux.intelRdt.closID"),
     ("not-an-object", [], ""),
     ("missing-ociVersion", cfg(ociVersion=_DEL), "ociVersion"),
     ("ociVersion-not-string", cfg(ociVersion=1), "ociVersion"),
@@ -488,7 +489,6 @@ UNMODELLED: list[tuple[str, Any, str]] = [
     ("execCPUAffinity", cfg(process__execCPUAffinity={"initial": "abc"}),
      "process.execCPUAffinity.initial"),
     ("username-not-string", cfg(process__user__username=5), "process.user.username"),
-    ("intelRdt-closID", cfg(linux={"intelRdt": {"closID": 5}}), "linux.intelRdt.closID"),
     ("upstream-bad-linux-netdevice", cfg(MINIMAL, linux={"netDevices": {"eth0": {"name": 23}}}),
      "linux.netDevices.eth0.name"),
     ("memoryPolicy-mode", cfg(linux={"memoryPolicy": {"mode": "MPOL_FOO"}}),

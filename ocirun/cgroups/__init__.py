@@ -14,11 +14,21 @@ Later commands:   m = manager_from_state(state["cgroup"]) then pids()/freeze()/t
 from __future__ import annotations
 
 import os
-import signal
-from typing import Any, Protocol
 
 from ocirun.errors import OciError
-from ocirun.spec import Resources
+
+# Nothing here may be costly to import: every command that touches a container's cgroup
+# (kill, delete, ps, pause...) comes through this module.  No `typing` at run time, and
+# each command imports only the driver it uses (manager_for / manager_from_state).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from ocirun.spec import Resources
+else:
+    Protocol = object  # CgroupManager documents the interface; type checkers check it
+
+_SIGKILL = 9
 
 
 class CgroupManager(Protocol):
@@ -41,7 +51,7 @@ class CgroupManager(Protocol):
     def pids(self) -> list[int]:
         """Every pid in the container's cgroup (recursively)."""
 
-    def kill_all(self, signum: int = signal.SIGKILL) -> None:
+    def kill_all(self, signum: int = _SIGKILL) -> None:
         """Signal every process in the cgroup (frozen meanwhile so none escapes)."""
 
     def freeze(self) -> None:
@@ -88,7 +98,7 @@ def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = Fal
 
     if systemd:
         from ocirun.cgroups import systemd as sd
-        sd.check_available(sd.parse(cgroups_path, container_id))
+        return sd.manager_for(cgroups_path, container_id)
     layout = detect.detect()
     path = _clean(cgroups_path or container_id)
     own = detect.proc_cgroups()
@@ -108,6 +118,9 @@ def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = Fal
 
 def manager_from_state(data: dict[str, Any]) -> CgroupManager:
     """Rebuild the manager `to_state()` described (no detection: paths are stored)."""
+    if data.get("driver") == "systemd":
+        from ocirun.cgroups import systemd as sd
+        return sd.from_state(data)
     try:
         mode, path = data["mode"], data["path"]
         paths = {str(k): str(v) for k, v in data["paths"].items()}

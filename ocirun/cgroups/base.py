@@ -8,15 +8,19 @@ the only ones `destroy` removes.  Both survive in state.json via to_state().
 from __future__ import annotations
 
 import os
-import signal
 import time
-from typing import Any
 
-from ocirun import log
-from ocirun.cgroups import devices, fsutil
-from ocirun.cgroups.resources import Write, plan
+from ocirun.cgroups import fsutil
+from ocirun.cgroups.common import SIGKILL
 from ocirun.errors import OciError
-from ocirun.spec import Resources
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ocirun.cgroups.devices import DeviceState
+    from ocirun.cgroups.resources import Write
+    from ocirun.spec import Resources
 
 DESTROY_TIMEOUT = 1.0  # seconds to wait for killed processes to leave the cgroup
 FREEZE_TIMEOUT = 5.0
@@ -45,7 +49,7 @@ class BaseManager:
     def _prepare(self, writes: list[Write]) -> None:
         """Make the controllers `writes` need usable (v2: enable them)."""
 
-    def _apply_devices(self, state: devices.DeviceState) -> None:
+    def _apply_devices(self, state: DeviceState) -> None:
         raise NotImplementedError
 
     def freeze(self) -> None:
@@ -86,6 +90,9 @@ class BaseManager:
 
     def apply(self, resources: Resources | None) -> None:
         """Write every limit in `resources` plus the device rules (with runc's defaults)."""
+        # Imported here: only create and update write limits (not kill, ps, delete...).
+        from ocirun.cgroups import devices
+        from ocirun.cgroups.resources import plan
         self._write(plan(resources, self.version_of))
         if self.version_of("devices") is not None:
             rules = resources.devices if resources is not None else ()
@@ -105,6 +112,7 @@ class BaseManager:
             if usage is not None and m.limit < usage:
                 raise OciError(f"cgroups: memory limit {m.limit} is below the current usage "
                                f"{usage}")
+        from ocirun.cgroups.resources import plan
         self._write(plan(resources, self.version_of))
 
     def _memory_usage(self) -> int | None:
@@ -121,7 +129,7 @@ class BaseManager:
     def pids(self) -> list[int]:
         return fsutil.procs(self.primary)
 
-    def kill_all(self, signum: int = signal.SIGKILL) -> None:
+    def kill_all(self, signum: int = SIGKILL) -> None:
         """Signal every process in the cgroup, frozen meanwhile so none can fork away."""
         can_freeze = self.mode == "unified" or self.dir_for("freezer") is not None
         was_frozen = can_freeze and self.is_frozen()
@@ -160,6 +168,7 @@ class BaseManager:
                 pass
         users = self._live_users(deadline)
         if users:
+            from ocirun import log
             log.debug(f"cgroups: {self.primary} is still used by pids "
                       f"{', '.join(map(str, users[:10]))}: left for them to remove")
             return

@@ -12,11 +12,10 @@ Everything here reads /proc; nothing is written.
 from __future__ import annotations
 
 import os
-from ocirun.record import Record
 
+from ocirun.cgroups.common import UNIFIED  # noqa: F401 - "" keys the cgroup2 hierarchy
 from ocirun.errors import OciError
-
-UNIFIED = ""  # key of the cgroup2 hierarchy in path maps, as in /proc/self/cgroup ("0::/x")
+from ocirun.record import Record
 
 
 class Hierarchy(Record):

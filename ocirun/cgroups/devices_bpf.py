@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 from ocirun.cgroups.devices import DeviceState
@@ -99,9 +98,10 @@ def assemble(state: DeviceState) -> bytes:
 
 # ------------------------------------------------------------------- syscalls
 def _bpf(cmd: int, attr: ctypes.Array) -> int:  # type: ignore[type-arg]
-    nr = _SYS_BPF.get(platform.machine())
+    machine = os.uname().machine  # what platform.machine() returns, without `platform`
+    nr = _SYS_BPF.get(machine)
     if nr is None:
-        raise OciError(f"cgroups: bpf(2): unsupported architecture {platform.machine()}")
+        raise OciError(f"cgroups: bpf(2): unsupported architecture {machine}")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr,

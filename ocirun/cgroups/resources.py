@@ -13,18 +13,22 @@ kernel stopped enforcing kmem limits in 5.16 and accepts writes without effect).
 
 from __future__ import annotations
 
-import math
 import os
-from ocirun.record import Record
-from typing import Callable, Union
 
+from ocirun.cgroups.common import controllers_of  # noqa: F401 - part of this module's API
 from ocirun.errors import OciError
-from ocirun.spec import BlockIO, Cpu, Memory, Network, Resources, ThrottleDevice
+from ocirun.record import Record
 
-# A value is a string, a callable given the file's current content, or a string per
-# candidate file (when the candidates take different units).
-Value = Union[str, Callable[[Union[str, None]], str], dict[str, str]]
-VersionOf = Callable[[str], Union[int, None]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Union
+
+    from ocirun.spec import BlockIO, Cpu, Memory, Network, Resources, ThrottleDevice
+
+    # A value is a string, a callable given the file's current content, or a string per
+    # candidate file (when the candidates take different units).
+    Value = Union[str, Callable[[Union[str, None]], str], dict[str, str]]
+    VersionOf = Callable[[str], Union[int, None]]
 
 _R = "linux.resources"
 
@@ -61,6 +65,7 @@ def shares_to_weight(shares: int) -> int:
         return 1
     if shares >= 262144:
         return 10000
+    import math  # only when a cpu.shares is converted
     x = math.log2(shares)
     return int(math.ceil(10 ** ((x * x + 125 * x) / 612.0 - 7.0 / 34.0)))
 
@@ -353,7 +358,3 @@ def _unified(unified: dict[str, str], version_of: VersionOf) -> list[Write]:
                            f"{controller} controller (not available on this host)")
         out.append(_w(controller if controller != "cgroup" else "", key, value, what))
     return out
-
-
-def controllers_of(writes: list[Write]) -> set[str]:
-    return {w.controller for w in writes if w.controller}

@@ -6,15 +6,15 @@ and a container without, say, a hugetlb controller simply has no hugetlb section
 
 from __future__ import annotations
 
-import glob
 import os
-import re
-from typing import Any, Callable
 
 from ocirun.cgroups import fsutil
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 _USER_HZ = 100  # cpuacct.stat counts in clock ticks
-_PAGE_DIR = re.compile(r"hugetlb\.([0-9]+[KMG]B)\.")
 
 
 def _ints(path: str) -> list[int]:
@@ -44,10 +44,24 @@ def _entry(d: str, prefix: str) -> dict[str, int]:
             "limit": _limit(f"{d}/{prefix}.limit_in_bytes")}
 
 
+def _page_size(name: str) -> str | None:
+    """"2MB" from a file name like hugetlb.2MB.current (hugetlb.<digits><K|M|G>B.*)."""
+    parts = name.split(".", 2)
+    if len(parts) < 3 or parts[0] != "hugetlb":
+        return None
+    size = parts[1]
+    digits = size[:-2]
+    if size[-2:] in ("KB", "MB", "GB") and digits.isascii() and digits.isdigit():
+        return size
+    return None
+
+
 def _page_sizes(d: str) -> list[str]:
-    sizes = {m.group(1) for f in glob.glob(os.path.join(d, "hugetlb.*"))
-             if (m := _PAGE_DIR.match(os.path.basename(f)))}
-    return sorted(sizes)
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    return sorted({s for n in names if (s := _page_size(n)) is not None})
 
 
 def _hugetlb_v2(d: str) -> dict[str, Any]:

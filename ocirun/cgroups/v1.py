@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
-from ocirun.cgroups import devices, fsutil, stats
+from ocirun.cgroups import fsutil
 from ocirun.cgroups.base import FREEZE_TIMEOUT, BaseManager
-from ocirun.cgroups.detect import UNIFIED
-from ocirun.cgroups.resources import Write, controllers_of
-from ocirun.cgroups.v2 import _top_created, enable_controllers
+from ocirun.cgroups.common import UNIFIED, controllers_of, enable_controllers, top_created
 from ocirun.errors import OciError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ocirun.cgroups.devices import DeviceState
+    from ocirun.cgroups.resources import Write
 
 
 class V1Manager(BaseManager):
@@ -39,7 +43,7 @@ class V1Manager(BaseManager):
         # Our directory may not exist yet or have nothing enabled: the parent of the
         # topmost directory we made offers what enabling can give it.
         own = set((fsutil.read_or_none(os.path.join(d, "cgroup.controllers")) or "").split())
-        top = _top_created(d, self.created) or d
+        top = top_created(d, self.created) or d
         above = fsutil.read_or_none(os.path.join(os.path.dirname(top), "cgroup.controllers"))
         return own | set((above or "").split())
 
@@ -82,7 +86,8 @@ class V1Manager(BaseManager):
         if wanted:
             enable_controllers(self.paths[UNIFIED], wanted, self.created)
 
-    def _apply_devices(self, state: devices.DeviceState) -> None:
+    def _apply_devices(self, state: DeviceState) -> None:
+        from ocirun.cgroups import devices
         d = self.dir_for("devices")
         assert d is not None
         for name, line in devices.v1_writes(state):
@@ -130,6 +135,7 @@ class V1Manager(BaseManager):
 
     # ------------------------------------------------------------------- stats
     def stats(self) -> dict[str, Any]:
+        from ocirun.cgroups import stats
         return stats.v1_stats(self.dir_for, self.version_of)
 
     def oom_kill_count(self) -> int:

@@ -4,65 +4,28 @@ A cgroup2 directory only gets a controller's files when its parent lists the
 controller in cgroup.subtree_control.  Like runc, create() enables every controller
 the parent offers, walking down from the first directory we created; directories
 that existed before are written only at that one point (the parent of our topmost
-new directory), which is also what runc does.
+new directory), which is also what runc does.  The enabling itself is in common.py
+(a hybrid v1 manager needs it too).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
-from typing import Any
 
-from ocirun.cgroups import devices, devices_bpf, fsutil, stats
+from ocirun.cgroups import fsutil
 from ocirun.cgroups.base import FREEZE_TIMEOUT, BaseManager
-from ocirun.cgroups.detect import UNIFIED
-from ocirun.cgroups.resources import Write, controllers_of
+from ocirun.cgroups.common import (SIGKILL, UNIFIED, controllers_of, enable_controllers,
+                                   top_created)
+from ocirun.cgroups.common import controllers as _controllers
 from ocirun.errors import OciError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-def _controllers(directory: str, name: str = "cgroup.controllers") -> set[str]:
-    return set((fsutil.read_or_none(os.path.join(directory, name)) or "").split())
-
-
-def _top_created(leaf: str, created: list[str]) -> str | None:
-    ours = [d for d in created if leaf == d or leaf.startswith(d.rstrip("/") + "/")]
-    return min(ours, key=len) if ours else None
-
-
-def enable_controllers(leaf: str, wanted: set[str], created: list[str],
-                       strict: bool = True) -> None:
-    """Enable `wanted` on the path down to `leaf`, from the parent of our top new dir.
-
-    Only levels above directories this manager created are touched; for a cgroup we
-    merely joined nothing is written (its owner decides what it gets).
-    """
-    top = _top_created(leaf, created)
-    if top is None or not wanted:
-        return
-    chain = [os.path.dirname(top)]
-    rel = os.path.relpath(os.path.dirname(leaf), os.path.dirname(top))
-    if rel != ".":
-        cur = os.path.dirname(top)
-        for part in rel.split("/"):
-            cur = os.path.join(cur, part)
-            chain.append(cur)
-    for d in chain:
-        need = (wanted & _controllers(d)) - _controllers(d, "cgroup.subtree_control")
-        if not need:
-            continue
-        path = os.path.join(d, "cgroup.subtree_control")
-        try:
-            fsutil.write(path, " ".join(f"+{c}" for c in sorted(need)))
-        except OciError:
-            # One refusal (e.g. a threaded or busy parent) must not cost the others.
-            for c in sorted(need):
-                try:
-                    fsutil.write(path, f"+{c}")
-                except OciError as e:
-                    if strict:
-                        raise OciError(f"cgroups: cannot enable the {c} controller for "
-                                       f"{leaf}: {e.message.split(': ')[-1]}") from None
+    from ocirun.cgroups.devices import DeviceState
+    from ocirun.cgroups.resources import Write
 
 
 class V2Manager(BaseManager):
@@ -78,7 +41,7 @@ class V2Manager(BaseManager):
 
     def _available(self) -> set[str]:
         own = _controllers(self.leaf)
-        top = _top_created(self.leaf, self.created)
+        top = top_created(self.leaf, self.created)
         if top is not None:
             own |= _controllers(os.path.dirname(top))
         return own
@@ -102,7 +65,8 @@ class V2Manager(BaseManager):
         if wanted:
             enable_controllers(self.leaf, wanted, self.created)
 
-    def _apply_devices(self, state: devices.DeviceState) -> None:
+    def _apply_devices(self, state: DeviceState) -> None:
+        from ocirun.cgroups import devices_bpf  # bpf(2) via ctypes: only when loading one
         devices_bpf.install(self.leaf, state)
 
     # ------------------------------------------------------------------ freeze
@@ -135,15 +99,16 @@ class V2Manager(BaseManager):
     def is_frozen(self) -> bool:
         return (fsutil.read_or_none(os.path.join(self.leaf, "cgroup.freeze")) or "0").strip() == "1"
 
-    def kill_all(self, signum: int = signal.SIGKILL) -> None:
+    def kill_all(self, signum: int = SIGKILL) -> None:
         kill = os.path.join(self.leaf, "cgroup.kill")
-        if signum == signal.SIGKILL and os.path.exists(kill):
+        if signum == SIGKILL and os.path.exists(kill):
             fsutil.write(kill, "1")  # atomic and race-free, Linux 5.14+
             return
         super().kill_all(signum)
 
     # ------------------------------------------------------------------- stats
     def stats(self) -> dict[str, Any]:
+        from ocirun.cgroups import stats
         return stats.v2_stats(self.leaf)
 
     def oom_kill_count(self) -> int:

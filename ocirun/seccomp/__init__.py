@@ -2,6 +2,9 @@
 
 The runtime's side, in call order:
   prepare(seccomp, cache_dir) -> PreparedFilter   before fork; libseccomp on a miss only
+  warm_up()                                        in the process that will load the
+                                                   filter, before it enters the container's
+                                                   namespaces (imports ctypes, one syscall)
   load(prepared) -> int | None                     in the init, just before execve;
                                                    returns the listener fd with NOTIFY
   send_listener(fd, seccomp, state_json)           runtime: hand the listener to the agent
@@ -14,12 +17,14 @@ in the docker/containers-common format -> spec.Seccomp), ../sys/seccomp (the sys
 
 from __future__ import annotations
 
-from typing import Any
-
 from ocirun.seccomp.cache import PreparedFilter, prepare
-from ocirun.seccomp.loader import load
+from ocirun.seccomp.loader import load, warm_up
 
-__all__ = ["PreparedFilter", "prepare", "load", "send_listener", "features"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["PreparedFilter", "prepare", "warm_up", "load", "send_listener", "features"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,9 +3,10 @@
 Engines send the same 300-400 rule profile with every container; compiling it costs tens
 of milliseconds (plus ~26 ms to import pyseccomp), loading the result costs microseconds.
 So the exported BPF program is cached in the runtime's state root, keyed by the SHA-256
-of a canonical form of the parts of the section that shape the program (default action,
-errno, architectures, rules), the machine and FORMAT_VERSION.  Flags and the listener
-settings are not in the key: they do not change the program, only how it is loaded.
+of a canonical form (see cache_key) of the parts of the section that shape the program
+(default action, errno, architectures, rules), the machine and FORMAT_VERSION.  Flags and
+the listener settings are not in the key: they do not change the program, only how it is
+loaded.  A hit imports neither pyseccomp nor json nor hashlib (the C _sha256 suffices).
 
 A cache file is `MAGIC + sha256(program) + program`; it is written to a unique temporary
 name and renamed into place, so concurrent creates each write a complete file and the
@@ -18,13 +19,15 @@ tmpfs (/run), so a library upgrade followed by a reboot starts afresh anyway.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from ocirun.record import Record
 
-from ocirun.spec import Seccomp
+from ocirun.record import Record
 from ocirun.sys import seccomp as ksys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ocirun.spec import Seccomp
 
 try:  # the C module behind hashlib.sha256, without hashlib's ~4 ms OpenSSL import
     from _sha256 import sha256  # type: ignore[import-not-found]  # CPython <= 3.11
@@ -60,13 +63,19 @@ class PreparedFilter(Record):
 
 
 def cache_key(seccomp: Seccomp) -> str:
-    """Hex SHA-256 of the canonical form of what shapes the BPF program."""
-    rules = [[list(r.names), r.action, r.errno_ret,
-              [[a.index, a.op, a.value, a.value_two] for a in r.args]]
-             for r in seccomp.syscalls]
-    doc = [FORMAT_VERSION, os.uname().machine, sys.maxsize > 2**32, seccomp.default_action,
-           seccomp.default_errno_ret, list(seccomp.architectures), rules]
-    return sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+    """Hex SHA-256 of the canonical form of what shapes the BPF program.
+
+    The canonical form is the repr() of nested tuples holding only str, int, bool and
+    None (what the spec parser produces): unambiguous and the same in every process,
+    without `json.dumps`, whose import (re, enum...) cost more than everything else a
+    cache hit does.
+    """
+    rules = tuple((tuple(r.names), r.action, r.errno_ret,
+                   tuple((a.index, a.op, a.value, a.value_two) for a in r.args))
+                  for r in seccomp.syscalls)
+    doc = (FORMAT_VERSION, os.uname().machine, sys.maxsize > 2**32, seccomp.default_action,
+           seccomp.default_errno_ret, tuple(seccomp.architectures), rules)
+    return sha256(repr(doc).encode()).hexdigest()
 
 
 def uses_notify(seccomp: Seccomp) -> bool:
@@ -91,8 +100,11 @@ def load_flags(seccomp: Seccomp, notify: bool) -> int:
 
 
 def prepare(seccomp: Seccomp, cache_dir: str) -> PreparedFilter:
-    """The filter for `seccomp`: from `cache_dir`, or compiled and cached there."""
-    ksys.warm_up()  # the forked init inherits a warm ctypes: load() is then one syscall
+    """The filter for `seccomp`: from `cache_dir`, or compiled and cached there.
+
+    A hit needs no ctypes (unless `flags` must be probed): the process that will call
+    load() warms it up before entering the container's namespaces (ocirun.seccomp.warm_up).
+    """
     notify = uses_notify(seccomp)
     flags = load_flags(seccomp, notify) if seccomp.flags else 0
     path = os.path.join(cache_dir, cache_key(seccomp) + _SUFFIX)

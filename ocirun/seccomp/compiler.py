@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
 from ocirun.errors import ConfigError, OciError
 from ocirun.seccomp import enosys
 from ocirun.spec import Seccomp, SyscallRule
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _P = "linux.seccomp"
 

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import Any
 
 from ocirun.spec import Seccomp
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _LD_W_ABS, _JEQ, _JGT, _JSET, _JA, _RET = 0x20, 0x15, 0x25, 0x45, 0x05, 0x06
 _OFF_NR, _OFF_ARCH = 0, 4

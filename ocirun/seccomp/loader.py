@@ -1,8 +1,9 @@
 """load(): install a prepared filter with seccomp(2), in the init right before execve.
 
 This runs between fork and execve in a process whose next syscalls may be denied by the
-very filter it installs, so it imports nothing (ctypes/os were imported before fork),
-makes exactly one syscall and touches no file.  libseccomp is not used: its
+very filter it installs, so it imports nothing (ctypes was imported earlier, by warm_up()
+or ocirun.sys.load(), before the container's namespaces were entered), makes exactly one
+syscall and touches no file.  libseccomp is not used: its
 seccomp_load() would also set no_new_privs behind our back; whether no_new_privs is set
 is the config's decision (process.noNewPrivileges), and without it the kernel accepts
 the filter from a caller with CAP_SYS_ADMIN.
@@ -13,6 +14,14 @@ from __future__ import annotations
 from ocirun.errors import OciError
 from ocirun.seccomp.cache import PreparedFilter
 from ocirun.sys import seccomp as ksys
+
+
+def warm_up() -> None:
+    """Import ctypes and pay its first-call costs now, in the process that will call
+    load() (or one it will fork from), while the interpreter's files are reachable:
+    load() is then one syscall with no import.  Neither prepare() nor the runtime's
+    parent needs ctypes for a cache hit, so it is not done there."""
+    ksys.warm_up()
 
 
 def load(prepared: PreparedFilter) -> int | None:

@@ -10,9 +10,12 @@ emit one.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
 
 from ocirun.spec import Seccomp, SyscallArg, SyscallRule
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 # containers.conf default_capabilities (podman 4)
 PODMAN_DEFAULT_CAPS = (

@@ -6,9 +6,11 @@ the errno and the call's subject, so callers can turn it into a user message.
 
 from __future__ import annotations
 
-import ctypes
 import os
-from functools import cache
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -70,10 +72,24 @@ _SYS_KEYCTL = 250
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
-@cache
+_loaded_libc: ctypes.CDLL | None = None
+
+
 def _libc() -> ctypes.CDLL:
-    # CDLL(None) is the already-loaded libc: no find_library (it forks ldconfig).
-    return ctypes.CDLL(None, use_errno=True)
+    """libc, importing ctypes on first use: ~3 ms that the runtime's parent never
+    needs; stage1 pays it while the parent waits on the cgroup.  Every caller calls
+    this before it evaluates its arguments, so `ctypes` is bound by then."""
+    global _loaded_libc, ctypes
+    if _loaded_libc is None:
+        import ctypes
+        # CDLL(None) is the already-loaded libc: no find_library (it forks ldconfig).
+        _loaded_libc = ctypes.CDLL(None, use_errno=True)
+    return _loaded_libc
+
+
+def load() -> None:
+    """Load ctypes and libc now, while the interpreter's files are still reachable."""
+    _libc()
 
 
 def _check(ret: int, what: str, subject: str | None = None) -> int:
@@ -118,6 +134,18 @@ def setdomainname(name: str) -> None:
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     if _libc().syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(last), 0) < 0:
         os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # kernels before 5.9
+
+
+def set_child_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER) through python-prctl's C module, so that the
+    runtime's parent process needs no ctypes."""
+    import _prctl
+    _prctl.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def malloc_trim() -> None:
+    """Return the free heap memory of this process to the kernel."""
+    _libc().malloc_trim(0)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -1,14 +1,31 @@
 """Raw seccomp(2) and the user-notification ioctls, through ctypes.
 
 This module is imported before fork and used between fork and execve, so it imports
-nothing but ctypes and os and does no work at import time.  libseccomp is not involved:
-the BPF program was compiled (and cached) earlier, the kernel only needs the bytes.
+nothing but os at import time and does no work then: ctypes (~3 ms) is imported, and the
+structures below are defined, on the first call that needs them.  A seccomp cache hit in
+the runtime's parent (constants only) therefore costs no ctypes; the init has ctypes
+already (stage1 loads it before any namespace is entered, see ocirun.sys.load).
+libseccomp is not involved: the BPF program was compiled (and cached) earlier, the
+kernel only needs the bytes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
+    from types import ModuleType
+    from typing import Any
+
+    # Defined by _ct() on first use (module globals from then on).
+    SockFilter: Any
+    SockFprog: Any
+    SeccompData: Any
+    Notif: Any
+    NotifResp: Any
+    NotifSizes: Any
 
 # seccomp(2) operations
 SECCOMP_SET_MODE_FILTER = 1
@@ -46,50 +63,69 @@ _NR_SECCOMP = {
 }
 _NR_IOCTL_BITS = ("ppc", "ppc64", "ppc64le", "mips", "mips64")  # 13-bit size, 3-bit dir
 
-
-class SockFilter(ctypes.Structure):
-    """struct sock_filter: one classic BPF instruction (8 bytes, host endian)."""
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
+_cache: dict[str, object] = {}  # "ctypes" and "libc", filled on first use
 
 
-class SockFprog(ctypes.Structure):
-    """struct sock_fprog: what SECCOMP_SET_MODE_FILTER takes."""
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+_STRUCTS = ("SockFilter", "SockFprog", "SeccompData", "Notif", "NotifResp", "NotifSizes")
 
 
-class SeccompData(ctypes.Structure):
-    _fields_ = [("nr", ctypes.c_int), ("arch", ctypes.c_uint32),
-                ("instruction_pointer", ctypes.c_uint64), ("args", ctypes.c_uint64 * 6)]
+def _ct() -> ModuleType:
+    """ctypes, imported and the structures defined on first use."""
+    ct = _cache.get("ctypes")
+    if ct is None:
+        import ctypes as ct
+
+        class SockFilter(ct.Structure):
+            """struct sock_filter: one classic BPF instruction (8 bytes, host endian)."""
+            _fields_ = [("code", ct.c_uint16), ("jt", ct.c_uint8), ("jf", ct.c_uint8),
+                        ("k", ct.c_uint32)]
+
+        class SockFprog(ct.Structure):
+            """struct sock_fprog: what SECCOMP_SET_MODE_FILTER takes."""
+            _fields_ = [("len", ct.c_ushort), ("filter", ct.c_void_p)]
+
+        class SeccompData(ct.Structure):
+            _fields_ = [("nr", ct.c_int), ("arch", ct.c_uint32),
+                        ("instruction_pointer", ct.c_uint64), ("args", ct.c_uint64 * 6)]
+
+        class Notif(ct.Structure):
+            """struct seccomp_notif, filled by SECCOMP_IOCTL_NOTIF_RECV."""
+            _fields_ = [("id", ct.c_uint64), ("pid", ct.c_uint32), ("flags", ct.c_uint32),
+                        ("data", SeccompData)]
+
+        class NotifResp(ct.Structure):
+            """struct seccomp_notif_resp, given to SECCOMP_IOCTL_NOTIF_SEND."""
+            _fields_ = [("id", ct.c_uint64), ("val", ct.c_int64), ("error", ct.c_int32),
+                        ("flags", ct.c_uint32)]
+
+        class NotifSizes(ct.Structure):
+            _fields_ = [("seccomp_notif", ct.c_uint16), ("seccomp_notif_resp", ct.c_uint16),
+                        ("seccomp_data", ct.c_uint16)]
+
+        for cls in (SockFilter, SockFprog, SeccompData, Notif, NotifResp, NotifSizes):
+            cls.__module__ = __name__
+            cls.__qualname__ = cls.__name__
+            globals()[cls.__name__] = cls
+        _cache["ctypes"] = ct
+    return ct  # type: ignore[return-value]
 
 
-class Notif(ctypes.Structure):
-    """struct seccomp_notif, filled by SECCOMP_IOCTL_NOTIF_RECV."""
-    _fields_ = [("id", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("data", SeccompData)]
-
-
-class NotifResp(ctypes.Structure):
-    """struct seccomp_notif_resp, given to SECCOMP_IOCTL_NOTIF_SEND."""
-    _fields_ = [("id", ctypes.c_uint64), ("val", ctypes.c_int64), ("error", ctypes.c_int32),
-                ("flags", ctypes.c_uint32)]
-
-
-class NotifSizes(ctypes.Structure):
-    _fields_ = [("seccomp_notif", ctypes.c_uint16), ("seccomp_notif_resp", ctypes.c_uint16),
-                ("seccomp_data", ctypes.c_uint16)]
-
-
-_cache: dict[str, object] = {}
+def __getattr__(name: str) -> object:
+    # ksys.SockFprog etc. before any call defined them.
+    if name in _STRUCTS:
+        _ct()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _libc() -> ctypes.CDLL:
     lib = _cache.get("libc")
     if lib is None:
+        ct = _ct()
         # CDLL(None) is the libc already mapped into the process: no find_library, which
         # would fork ldconfig.
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.syscall.restype = ctypes.c_long
+        lib = ct.CDLL(None, use_errno=True)
+        lib.syscall.restype = ct.c_long
         _cache["libc"] = lib
     return lib  # type: ignore[return-value]
 
@@ -105,10 +141,10 @@ def _nr_seccomp() -> int:
 def seccomp(op: int, flags: int, arg: ctypes.c_void_p | int | None) -> int:
     """seccomp(op, flags, arg); returns the result or raises OSError with errno."""
     # Every argument is passed as a full register: syscall() is variadic and reads longs.
-    ret = _libc().syscall(ctypes.c_long(_nr_seccomp()), ctypes.c_ulong(op),
-                          ctypes.c_ulong(flags), arg)
+    libc, ct = _libc(), _ct()
+    ret = libc.syscall(ct.c_long(_nr_seccomp()), ct.c_ulong(op), ct.c_ulong(flags), arg)
     if ret < 0:
-        err = ctypes.get_errno()
+        err = ct.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
 
@@ -119,18 +155,21 @@ def set_mode_filter(program: bytes, flags: int) -> int:
     Returns 0, or the listener fd when FILTER_FLAG_NEW_LISTENER is in `flags`.  The kernel
     requires no_new_privs or CAP_SYS_ADMIN in the caller's user namespace (EACCES otherwise).
     """
+    ct = _ct()
     count = len(program) // 8
     # The buffer must live until the syscall returns; the kernel copies it.
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = SockFprog(count, ctypes.addressof(buf))
-    return seccomp(SECCOMP_SET_MODE_FILTER, flags, ctypes.c_void_p(ctypes.addressof(prog)))
+    buf = ct.create_string_buffer(program, len(program))
+    prog = SockFprog(count, ct.addressof(buf))
+    return seccomp(SECCOMP_SET_MODE_FILTER, flags, ct.c_void_p(ct.addressof(prog)))
 
 
 def warm_up() -> None:
-    """Pay ctypes' first-call costs (dlsym, argument conversion setup) now, before fork,
-    instead of in the init between fork and execve; makes one harmless syscall."""
+    """Pay ctypes' first-call costs (import, structures, dlsym, argument conversion
+    setup) now, before fork, instead of in the init between fork and execve; makes one
+    harmless syscall."""
+    ct = _ct()
     action_available(RET_ALLOW)
-    SockFprog(0, ctypes.addressof(ctypes.create_string_buffer(8)))
+    SockFprog(0, ct.addressof(ct.create_string_buffer(8)))
 
 
 def filter_flag_supported(flag: int) -> bool:
@@ -151,17 +190,19 @@ def filter_flag_supported(flag: int) -> bool:
 
 def action_available(action: int) -> bool:
     """SECCOMP_GET_ACTION_AVAIL: whether the kernel implements a filter return action."""
-    value = ctypes.c_uint32(action & 0xFFFF0000)
+    ct = _ct()
+    value = ct.c_uint32(action & 0xFFFF0000)
     try:
-        seccomp(SECCOMP_GET_ACTION_AVAIL, 0, ctypes.c_void_p(ctypes.addressof(value)))
+        seccomp(SECCOMP_GET_ACTION_AVAIL, 0, ct.c_void_p(ct.addressof(value)))
     except OSError:
         return False
     return True
 
 
 def notif_sizes() -> NotifSizes:
+    ct = _ct()
     sizes = NotifSizes()
-    seccomp(SECCOMP_GET_NOTIF_SIZES, 0, ctypes.c_void_p(ctypes.addressof(sizes)))
+    seccomp(SECCOMP_GET_NOTIF_SIZES, 0, ct.c_void_p(ct.addressof(sizes)))
     return sizes
 
 
@@ -176,10 +217,10 @@ def _ioc(write: bool, read: bool, nr: int, size: int) -> int:
 
 
 def _ioctl(fd: int, request: int, arg: ctypes.c_void_p) -> int:
-    libc = _libc()
-    ret = libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(request), arg)
+    libc, ct = _libc(), _ct()
+    ret = libc.ioctl(ct.c_int(fd), ct.c_ulong(request), arg)
     if ret < 0:
-        err = ctypes.get_errno()
+        err = ct.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
 
@@ -190,9 +231,10 @@ def notif_recv(listener_fd: int) -> Notif:
     The kernel insists on a zeroed buffer (EINVAL otherwise); a fresh ctypes struct is.
     ENOENT means the notifying task died before we read it.
     """
+    ct = _ct()
     notif = Notif()
-    request = _ioc(True, True, 0, ctypes.sizeof(Notif))
-    _ioctl(listener_fd, request, ctypes.c_void_p(ctypes.addressof(notif)))
+    request = _ioc(True, True, 0, ct.sizeof(Notif))
+    _ioctl(listener_fd, request, ct.c_void_p(ct.addressof(notif)))
     return notif
 
 
@@ -202,9 +244,10 @@ def notif_id_valid(listener_fd: int, notif_id: int) -> bool:
     An agent must check this after reading the task's memory (/proc/<pid>/mem) and before
     acting on it, since the pid may have been reused.
     """
-    value = ctypes.c_uint64(notif_id)
+    ct = _ct()
+    value = ct.c_uint64(notif_id)
     try:
-        _ioctl(listener_fd, _ioc(True, False, 2, 8), ctypes.c_void_p(ctypes.addressof(value)))
+        _ioctl(listener_fd, _ioc(True, False, 2, 8), ct.c_void_p(ct.addressof(value)))
     except OSError:
         return False
     return True
@@ -217,6 +260,7 @@ def notif_send(listener_fd: int, notif_id: int, val: int = 0, error: int = 0,
     `error` is a negative errno (0 for success, then `val` is the return value);
     `flags=USER_NOTIF_FLAG_CONTINUE` lets the kernel run the syscall (val/error must be 0).
     """
+    ct = _ct()
     resp = NotifResp(notif_id, val, error, flags)
-    request = _ioc(True, True, 1, ctypes.sizeof(NotifResp))
-    _ioctl(listener_fd, request, ctypes.c_void_p(ctypes.addressof(resp)))
+    request = _ioc(True, True, 1, ct.sizeof(NotifResp))
+    _ioctl(listener_fd, request, ct.c_void_p(ct.addressof(resp)))

@@ -1,0 +1,114 @@
+"""What the lifecycle commands import, and the small replacements that keep it short.
+
+Every `ocirun` call pays interpreter start-up plus its imports: `json`, `re`, `enum`,
+`typing`, `socket` and `signal` cost 4-9 ms each here, more than the work `state` or
+`start` do.  These tests run each command the way the installed launcher does
+(`python -I -S`) and fail when one of those modules comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, Runtime
+
+from ocirun import jsonio, signals
+
+# What no lifecycle command may import, in the parent (children are forks of it).
+HEAVY = {"json", "re", "enum", "typing", "socket", "signal", "dataclasses", "inspect",
+         "functools", "collections", "subprocess", "shutil", "jsonschema", "pyseccomp",
+         "seccomp", "platform", "glob", "tempfile", "argparse"}
+# ...and what the commands that never fork or mount may not need either.
+NO_KERNEL_LAYER = {"ctypes", "_ctypes", "ocirun.sys", "ocirun.init", "ocirun.sync"}
+
+PROBE = """
+import sys
+sys.path[:0] = %r
+out, argv = sys.argv[1], sys.argv[2:]
+before = set(sys.modules)
+from ocirun.cli import main
+code = main(argv)
+with open(out, "w") as f:
+    f.write("\\n".join(sorted(set(sys.modules) - before)))
+sys.stdout.flush()
+import os
+os._exit(code)
+""" % ([str(REPO), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")],)
+
+
+@pytest.fixture
+def probed(runtime: Runtime, tmp_path: Path) -> Runtime:
+    """The same runtime, each call started as `python -I -S` and recording its imports."""
+    runtime.argv = [sys.executable, "-I", "-S", "-c", PROBE, str(tmp_path / "modules")]
+    return runtime
+
+
+def imported(rt: Runtime, *args: str) -> set[str]:
+    r = rt(*args)
+    assert r.returncode == 0, r.stderr.decode()
+    return set((rt.work / "modules").read_text().split())
+
+
+def test_lifecycle_commands_import_nothing_heavy(probed: Runtime) -> None:
+    bundle = probed.bundle(["sleep", "1000"])
+    cid = probed.new_id()
+    seen = {"create": imported(probed, "create", "--bundle", str(bundle), cid)}
+    seen["state"] = imported(probed, "state", cid)
+    seen["start"] = imported(probed, "start", cid)
+    seen["state running"] = imported(probed, "state", cid)
+    seen["kill"] = imported(probed, "kill", cid, "KILL")
+    seen["delete"] = imported(probed, "delete", "--force", cid)
+    for command, modules in seen.items():
+        assert not modules & HEAVY, f"{command} imports {sorted(modules & HEAVY)}"
+    for command in ("state", "state running", "kill", "delete"):
+        extra = seen[command] & NO_KERNEL_LAYER
+        assert not extra, f"{command} imports {sorted(extra)}"
+    for command in ("state", "state running", "kill"):
+        assert "ocirun.spec" not in seen[command], f"{command} parses no config"
+
+
+def test_run_imports_nothing_heavy(probed: Runtime) -> None:
+    bundle = probed.bundle(["true"])
+    modules = imported(probed, "run", "--bundle", str(bundle), probed.new_id())
+    assert not modules & HEAVY, sorted(modules & HEAVY)
+
+
+@pytest.mark.parametrize("value", [
+    {"a": 1, "b": [1, 2.5, {"c": None}], "d": {}, "e": [], "f": "é\"\n\t", "g": True},
+    [], {}, "text", 0, -1.25e100, [[[]]], {"k": {"z": [1, {"y": []}]}},
+])
+def test_jsonio_writes_what_json_writes(value: object) -> None:
+    for indent in (None, 2, 4):
+        assert jsonio.dumps(value, indent=indent) == json.dumps(value, indent=indent)
+    assert jsonio.loads(json.dumps(value)) == value
+    assert jsonio.loads(json.dumps(value, indent=2).encode()) == value
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "[1,]", "nul", '{"a": [1,',
+                                  b"\xff\xfe"])
+def test_jsonio_errors_are_json_errors(text: str | bytes) -> None:
+    with pytest.raises(ValueError) as ours:
+        jsonio.loads(text)
+    with pytest.raises(ValueError) as theirs:
+        json.loads(text)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_jsonio_falls_back_for_what_it_does_not_handle() -> None:
+    assert jsonio.dumps({1: "x"}, indent=2) == json.dumps({1: "x"}, indent=2)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        jsonio.dumps({"a": object()})
+
+
+def test_signal_names_match_the_signal_module() -> None:
+    for sig in signal.Signals:
+        assert signals.number(sig.name) == sig.value
+        assert signals.name(sig.value) == sig.name
+    assert signals.number("SIGNOPE") is None
+    assert signals.name(200) == "200"
