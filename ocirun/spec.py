@@ -670,17 +670,28 @@ def _syscall_rule(v: Any, p: str) -> SyscallRule:
     names = f.req("names", _syscall_names)
     if not names:
         raise ConfigError(f.at("names"), "must contain at least one syscall name")
-    return SyscallRule(names=names, action=f.req("action", lambda x, q: _enum(x, q, SECCOMP_ACTIONS)),
-                       errno_ret=f.opt("errnoRet", _uint32),
+    action = f.req("action", lambda x, q: _enum(x, q, SECCOMP_ACTIONS))
+    return SyscallRule(names=names, action=action,
+                       errno_ret=_errno_ret(f, "errnoRet", action),
                        args=f.opt("args", lambda x, q: _list(x, q, _syscall_arg), ()))
+
+
+def _errno_ret(f: _Fields, key: str, action: str) -> int | None:
+    """config-linux.md#seccomp: an errno for an action that returns none is an error."""
+    errno_ret = f.opt(key, _uint32)
+    if errno_ret is not None and action not in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        raise ConfigError(f.at(key), f"{action} returns no errno (only SCMP_ACT_ERRNO and "
+                          "SCMP_ACT_TRACE take one)")
+    return errno_ret
 
 
 def _seccomp(v: Any, p: str) -> Seccomp:
     f = _Fields(v, p)
     enum_list = lambda allowed: lambda x, q: _list(x, q, lambda y, r: _enum(y, r, allowed))  # noqa: E731
+    default_action = f.req("defaultAction", lambda x, q: _enum(x, q, SECCOMP_ACTIONS))
     seccomp = Seccomp(
-        default_action=f.req("defaultAction", lambda x, q: _enum(x, q, SECCOMP_ACTIONS)),
-        default_errno_ret=f.opt("defaultErrnoRet", _uint32),
+        default_action=default_action,
+        default_errno_ret=_errno_ret(f, "defaultErrnoRet", default_action),
         architectures=f.opt("architectures", enum_list(SECCOMP_ARCHES), ()),
         flags=f.opt("flags", enum_list(SECCOMP_FLAGS), ()),
         listener_path=f.opt("listenerPath", _abs_path),

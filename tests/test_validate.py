@@ -395,6 +395,15 @@ INVALID: list[tuple[str, Any, str]] = [
 # Parser rejects, schema accepts: semantics the schema cannot (or does not) express.
 # (name, config, parser's error path, why)
 PARSER_ONLY: list[tuple[str, Any, str, str]] = [
+    ("seccomp-errnoRet-on-log", cfg(linux={"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                                                       "syscalls": [
+        {"names": ["mkdir"], "action": "SCMP_ACT_LOG", "errnoRet": 1}]}}),
+     "linux.seccomp.syscalls[0].errnoRet",
+     "config-linux.md#seccomp: an errno for an action without one MUST fail"),
+    ("seccomp-defaultErrnoRet-on-allow", cfg(linux={"seccomp": {
+        "defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": 1}}),
+     "linux.seccomp.defaultErrnoRet",
+     "config-linux.md#seccomp: an errno for an action without one MUST fail"),
     ("relative-cwd", cfg(process__cwd="tmp"), "process.cwd",
      "config.md: cwd MUST be an absolute path"),
     ("duplicate-namespace", cfg(linux={"namespaces": [{"type": "pid"}, {"type": "pid"}]}),
