@@ -217,7 +217,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         fifo = cdir.file(st.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)
-        cgroup = _make_cgroup(spec, container_id, opts, rootless, undo)
+        cgroup = _make_cgroup(spec, container_id, opts, rootless, undo, root)
         state = st.State(id=container_id, bundle=bundle, rootfs=spec.root.path,
                          created=st.rfc3339_now(), owner="", annotations=spec.annotations,
                          oci_version=spec.oci_version,
@@ -254,6 +254,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
             undo.push(_kill_own_processes, cgroup)
         undo.push(_kill_and_reap, stage1_pid)
         if cgroup is not None:  # stage1 goes on meanwhile: see init.stage1
+            cgroup.apply(spec.linux.resources)  # before any process of it is inside
             _join_cgroup(cgroup, stage1_pid, spec, rootless)
             state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
         _drive_children(parent, spec, state, stage1_pid, undo, cgroup, rootless)
@@ -285,11 +286,13 @@ def _refuse_intel_rdt() -> None:
 
 
 def _make_cgroup(spec: Spec, container_id: str, opts: CreateOptions, rootless: bool,
-                 undo: _Undo) -> Any:
+                 undo: _Undo, root: str) -> Any:
     """The container's cgroup, or None for a rootless container that cannot have one:
-    as runc, only when cgroupsPath is unset and the hierarchy refuses us."""
+    as runc, only when cgroupsPath is unset and the hierarchy refuses us.  Its limits
+    are written later, once stage1 runs (see create)."""
     from ocirun.cgroups import manager_for
-    cgroup = manager_for(spec.linux.cgroups_path, container_id, opts.systemd_cgroup)
+    cgroup = manager_for(spec.linux.cgroups_path, container_id, opts.systemd_cgroup,
+                         state_root=root)
     try:
         cgroup.create()
     except OciError as e:
@@ -303,7 +306,6 @@ def _make_cgroup(spec: Spec, container_id: str, opts: CreateOptions, rootless: b
         _check_no_limits(spec)
         return None
     undo.push(cgroup.destroy)
-    cgroup.apply(spec.linux.resources)
     return cgroup
 
 

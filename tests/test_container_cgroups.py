@@ -556,14 +556,25 @@ def test_delete_removes_every_cgroup_directory_in_every_hierarchy(runtime: Runti
         assert not os.path.exists(top), top
 
 
-@pytest.mark.parametrize("first", ["creator", "joiner"])
-def test_containers_sharing_a_cgroup_path(runtime: Runtime, first: str) -> None:
-    path = f"{runtime.cgroup_prefix}-shared"
-
+def with_cgroups_path(path: str) -> Callable[[dict[str, Any]], None]:
     def edit(spec: dict[str, Any]) -> None:
         spec["linux"]["cgroupsPath"] = path
-    a, pid_a = create(runtime, runtime.bundle(edit=edit))
-    b, pid_b = create(runtime, runtime.bundle(edit=edit))  # joins a's cgroup
+    return edit
+
+
+def top_dirs(dirs: dict[str, str], name: str) -> list[str]:
+    """Directory `name` (the first level of a nested cgroupsPath) in every hierarchy."""
+    return [os.path.join(d[: d.index(f"/{name}/") if f"/{name}/" in d else d.rindex("/")],
+                         name) for d in dirs.values()]
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+@pytest.mark.parametrize("first", ["creator", "joiner"])
+def test_containers_sharing_a_cgroup_path(runtime: Runtime, first: str, nested: bool) -> None:
+    # Nested: the levels the creator made above the leaf go too, whoever is last out.
+    path = f"{runtime.cgroup_prefix}-shared" + ("/mid/leaf" if nested else "")
+    a, pid_a = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+    b, pid_b = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))  # joins a's
     ok(runtime, "start", a)
     ok(runtime, "start", b)
     cg = Cg(pid_a)
@@ -576,7 +587,63 @@ def test_containers_sharing_a_cgroup_path(runtime: Runtime, first: str) -> None:
     assert all(os.path.isdir(d) for d in cg.dirs.values())
     assert cg.pids() == {stays_pid}
     ok(runtime, "delete", "--force", stays)
+    assert not any(os.path.exists(d)
+                   for d in top_dirs(cg.dirs, f"{runtime.cgroup_prefix}-shared"))
+
+
+def test_the_duty_to_remove_a_shared_cgroup_passes_from_joiner_to_joiner(
+        runtime: Runtime) -> None:
+    # a makes it; b joins; a goes; c joins (b holds the duty now); b goes; c is last.
+    path = f"{runtime.cgroup_prefix}-relay"
+    a, pid_a = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+    b, pid_b = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+    cg = Cg(pid_a)
+    ok(runtime, "delete", "--force", a)
+    c, pid_c = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+    assert cg.pids() == {pid_b, pid_c}
+    ok(runtime, "delete", "--force", b)
+    assert all(os.path.isdir(d) for d in cg.dirs.values())
+    ok(runtime, "delete", "--force", c)
     assert not any(os.path.exists(d) for d in cg.dirs.values())
+
+
+def make_cgroup(dirs: dict[str, str]) -> None:
+    """mkdir the cgroup as an engine would (v1 cpuset: the parent's sets copied in)."""
+    for d in dirs.values():
+        os.mkdir(d)
+        if os.path.exists(os.path.join(d, "cpuset.cpus")) and not os.path.exists(
+                os.path.join(d, "cgroup.controllers")):  # v2 inherits empty sets
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                with open(os.path.join(os.path.dirname(d), name)) as f:
+                    parent = f.read().strip()
+                with open(os.path.join(d, name), "w") as f:
+                    f.write(parent)
+
+
+def test_a_preexisting_cgroup_is_joined_and_never_removed(runtime: Runtime) -> None:
+    # runtime.md#delete: resources associated with the container but not created by
+    # it MUST NOT be deleted.  Containers join a cgroup the test made, one, then two
+    # together; none inherits a duty to remove it from another.
+    path = f"{runtime.cgroup_prefix}-preexisting"
+    dirs = expected_dirs(path)
+    try:
+        make_cgroup(dirs)
+        a, pid_a = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+        assert Cg(pid_a).dirs == dirs
+        ok(runtime, "start", a)
+        ok(runtime, "delete", "--force", a)
+        assert not alive(pid_a)
+        assert all(os.path.isdir(d) for d in dirs.values())
+        b, pid_b = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+        c, pid_c = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+        assert Cg(pid_b).pids() == {pid_b, pid_c}
+        ok(runtime, "delete", "--force", b)
+        ok(runtime, "delete", "--force", c)
+        assert all(os.path.isdir(d) for d in dirs.values())
+    finally:
+        for d in dirs.values():
+            if os.path.isdir(d):
+                os.rmdir(d)  # fails if a container left a process or a cgroup in it
 
 
 # ------------------------------------------------------------ seed demonstrations

@@ -3,7 +3,7 @@
 The lifecycle never touches cgroup files itself; it asks a manager made by
 `manager_for` (at create) or `manager_from_state` (for every later command).
 
-Order at create:  m = manager_for(spec.linux.cgroups_path, id, systemd)
+Order at create:  m = manager_for(spec.linux.cgroups_path, id, systemd, state_root=root)
                   m.create(); m.apply(spec.linux.resources); m.add_process(pid)
                   state["cgroup"] = m.to_state()
 Later commands:   m = manager_from_state(state["cgroup"]) then pids()/freeze()/thaw()/
@@ -68,8 +68,10 @@ class CgroupManager(Protocol):
         """How many processes the OOM killer killed in this cgroup so far."""
 
     def destroy(self) -> None:
-        """Remove the cgroup (retrying while killed processes leave), unless live
-        processes of another container sharing it remain: the last one out removes it."""
+        """Remove what the container owns of its cgroup (retrying while killed
+        processes leave), unless live processes of another container sharing it
+        remain: the last ocirun container out removes what ocirun made; a cgroup
+        that existed before any ocirun container made it is never removed."""
 
     def to_state(self) -> dict[str, Any]:
         """What `manager_from_state` needs, stored in state.json."""
@@ -87,12 +89,18 @@ def _clean(path: str) -> str:
     return norm
 
 
-def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = False) -> CgroupManager:
+def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = False,
+                state_root: str | None = None) -> CgroupManager:
     """A manager for a new container; nothing is created until create().
 
     cgroupsPath: absolute -> that path in every hierarchy (relative to its root);
     relative -> nested under the caller's own cgroup in each hierarchy; unset -> the
     container id, relative (what runc does).  With `systemd`, "slice:prefix:name".
+
+    `state_root` (the runtime's --root) lets create() tell a cgroup another container
+    of that root made (adopted: removed by the last one out) from one that existed
+    before (joined: never removed); see base.py.  The systemd driver needs none: its
+    unit is the container's own.
     """
     from ocirun.cgroups import detect
 
@@ -111,9 +119,10 @@ def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = Fal
             paths[h.key] = os.path.join(h.fs_path(detect.own_cgroup(layout, h, own)), path)
     if layout.mode == "unified":
         from ocirun.cgroups.v2 import V2Manager
-        return V2Manager(path, paths)
+        return V2Manager(path, paths, state_root=state_root, container_id=container_id)
     from ocirun.cgroups.v1 import V1Manager
-    return V1Manager(path, paths, hybrid=layout.mode == "hybrid")
+    return V1Manager(path, paths, hybrid=layout.mode == "hybrid", state_root=state_root,
+                     container_id=container_id)
 
 
 def manager_from_state(data: dict[str, Any]) -> CgroupManager:
@@ -125,14 +134,17 @@ def manager_from_state(data: dict[str, Any]) -> CgroupManager:
         mode, path = data["mode"], data["path"]
         paths = {str(k): str(v) for k, v in data["paths"].items()}
         created = [str(d) for d in data.get("created", [])]
+        adopted = [str(d) for d in data.get("adopted", [])]
+        classified = bool(data.get("classified", False))  # absent: an older record
     except (KeyError, TypeError, AttributeError) as e:
         raise OciError(f"cgroups: state.json has no usable cgroup record ({e})") from None
     if mode == "unified":
         from ocirun.cgroups.v2 import V2Manager
-        return V2Manager(path, paths, created)
+        return V2Manager(path, paths, created, adopted=adopted, classified=classified)
     if mode in ("v1", "hybrid"):
         from ocirun.cgroups.v1 import V1Manager
-        return V1Manager(path, paths, created, hybrid=mode == "hybrid")
+        return V1Manager(path, paths, created, hybrid=mode == "hybrid", adopted=adopted,
+                         classified=classified)
     raise OciError(f"cgroups: state.json: unknown cgroup mode {mode!r}")
 
 

@@ -1,8 +1,24 @@
 """What the v1 and v2 cgroupfs managers share: directories, placement, removal, writes.
 
 A manager knows one directory per mounted hierarchy (`paths`, keyed like
-detect.Hierarchy.key) and the directories it created itself (`created`), which are
-the only ones `destroy` removes.  Both survive in state.json via to_state().
+detect.Hierarchy.key) and which of them (and of the levels above) it owns, all kept in
+state.json via to_state():
+
+- `created`: the directories it made itself;
+- `adopted`: directories another ocirun container of the same state root made (or
+  adopted in turn) and this one joined: it inherits the duty to remove them, should
+  it be the last container out;
+- any other leaf was joined: it existed before any ocirun container made it (an
+  engine, a harness, an admin made it) and is never removed.
+
+Ownership of an existing leaf is decided at create, and only there (`_claim`):
+fsutil.makedirs says whether the leaf was made, and only a leaf that already existed
+costs a look at the other containers' records, so the common fresh create does no
+extra work.  This needs the state root (`manager_for(..., state_root=)`); such a
+manager is `classified`.  A manager made without one (the systemd driver's file
+manager, whose leaves are the unit's cgroup that systemd made for this very
+container; records written before this rule) is not: its leaves it did not make are
+removed with a plain rmdir once empty, by the last one out.
 """
 
 from __future__ import annotations
@@ -30,10 +46,18 @@ class BaseManager:
     mode = ""  # "v1", "hybrid" or "unified"
 
     def __init__(self, cgroups_path: str, paths: dict[str, str],
-                 created: list[str] | None = None) -> None:
+                 created: list[str] | None = None, *, adopted: list[str] | None = None,
+                 classified: bool = False, state_root: str | None = None,
+                 container_id: str = "") -> None:
         self.cgroups_path = cgroups_path  # as resolved from the spec, for humans
         self.paths = dict(paths)
         self.created: list[str] = list(created or [])
+        self.adopted: list[str] = list(adopted or [])
+        # True: a leaf neither created nor adopted was joined, and is never removed.
+        self.classified = classified or state_root is not None
+        # Only create() reads these (to classify existing leaves); not in state.json.
+        self.state_root = state_root
+        self.container_id = container_id
 
     # ------------------------------------------------------------ to override
     def version_of(self, controller: str) -> int | None:
@@ -74,12 +98,20 @@ class BaseManager:
 
     # ------------------------------------------------------------------ shared
     def create(self) -> None:
-        """Make (or join) the leaf in every hierarchy; on failure nothing made stays."""
+        """Make (or join) the leaf in every hierarchy; on failure nothing made stays.
+
+        With a state root, a leaf that already existed is adopted if another ocirun
+        container of the root owns it, else joined (see _claim)."""
+        owned_elsewhere: set[str] | None = None
         try:
             for key, directory in self.paths.items():
                 made = fsutil.makedirs(directory)
                 # Record before fixing up, so a failure below still lets destroy() clean up.
                 self.created += made
+                if self.state_root is not None and os.path.normpath(directory) not in made:
+                    if owned_elsewhere is None:  # at most one scan per create
+                        owned_elsewhere = _owned_elsewhere(self.state_root, self.container_id)
+                    self._claim(directory, owned_elsewhere)
                 self._after_mkdir(key, made)
         except BaseException:
             try:
@@ -148,19 +180,44 @@ class BaseManager:
             if can_freeze and not was_frozen:
                 self.thaw()
 
+    def _claim(self, leaf: str, owned_elsewhere: set[str]) -> None:
+        """Adopt an existing leaf (and levels above it) another container owns.
+
+        Another container of the same state root that lists the leaf, or a level
+        above it, as created or adopted made it for ocirun: this container takes over
+        the duty to remove them should it be the last one out, so a cgroup shared by
+        containers goes whichever of them is deleted last.  A leaf no record claims
+        existed before any ocirun container made it: joined, never removed.  A
+        container still being created has no record yet, so a joiner racing its
+        creator's create takes the leaf as joined (a leak at worst, never the removal
+        of a cgroup that is not ocirun's).
+        """
+        ours = set(self.created) | set(self.adopted)
+        if leaf in ours:
+            return  # create() again (idempotent): still ours
+        claimed = [d for d in owned_elsewhere
+                   if d == leaf or leaf.startswith(d.rstrip("/") + "/")]
+        for d in sorted(claimed, key=len):
+            if d not in ours:
+                ours.add(d)
+                self.adopted.append(d)
+
     def destroy(self) -> None:
-        """Remove the container's cgroup, unless another container still uses it.
+        """Remove what the container owns of its cgroup, unless another container
+        still uses it.
 
         Processes still in the cgroup that are not dying (zombie, exiting or with a
         SIGKILL pending) belong to another container sharing this cgroupsPath: then
-        nothing is removed and the last container out removes it, whether it made
-        the directories or joined them.  Otherwise the leaves go with anything below
-        them (retrying while killed processes leave), directories created above them
-        only if empty (another container may have its own leaf there).  A leaf that
-        was only joined is removed with rmdir alone, never recursively.
+        nothing is removed, and the last container out removes it.  Otherwise the
+        created and adopted leaves go with anything below them (retrying while
+        killed processes leave), created and adopted directories above them only if
+        empty (another container may have its own leaf there).  A joined leaf (one
+        that existed before any ocirun container made it) stays.  An unclassified
+        manager (no state root at create) removes its other leaves with a plain
+        rmdir if empty, never recursively.
         """
         deadline = time.monotonic() + DESTROY_TIMEOUT
-        if self.created:
+        if self.created or self.adopted:
             try:
                 if self.is_frozen():
                     self.thaw()  # frozen processes cannot exit
@@ -173,13 +230,15 @@ class BaseManager:
                       f"{', '.join(map(str, users[:10]))}: left for them to remove")
             return
         leaves = set(self.paths.values())
+        owned = list(dict.fromkeys(self.created + self.adopted))
         errors: list[str] = []
-        for directory in sorted(leaves - set(self.created), key=len, reverse=True):
-            try:
-                os.rmdir(directory)  # joined, now empty: the last one out removes it
-            except OSError:
-                pass
-        for directory in sorted(self.created, key=lambda d: d.count("/"), reverse=True):
+        if not self.classified:
+            for directory in sorted(leaves - set(owned), key=len, reverse=True):
+                try:
+                    os.rmdir(directory)  # now empty: the last one out removes it
+                except OSError:
+                    pass
+        for directory in sorted(owned, key=lambda d: d.count("/"), reverse=True):
             try:
                 if directory in leaves:
                     fsutil.rmdir_tree(directory, deadline)
@@ -193,6 +252,7 @@ class BaseManager:
             except OciError as e:
                 errors.append(e.message)
         self.created = [d for d in self.created if os.path.isdir(d)]
+        self.adopted = [d for d in self.adopted if os.path.isdir(d)]
         if errors:
             raise OciError(errors[0])
 
@@ -230,7 +290,8 @@ class BaseManager:
 
     def to_state(self) -> dict[str, Any]:
         return {"driver": "cgroupfs", "mode": self.mode, "path": self.cgroups_path,
-                "paths": dict(self.paths), "created": list(self.created)}
+                "paths": dict(self.paths), "created": list(self.created),
+                "adopted": list(self.adopted), "classified": self.classified}
 
     # ------------------------------------------------------------------ writes
     def _write(self, writes: list[Write]) -> None:
@@ -273,3 +334,38 @@ class BaseManager:
         else:
             value = w.value
         fsutil.write(path, value, w.what)
+
+
+def _owned_elsewhere(state_root: str, skip_id: str) -> set[str]:
+    """Every directory the other containers with a state file in the root own
+    (created or adopted), from their "cgroup" records."""
+    from ocirun import state as st
+    owned: set[str] = set()
+    try:
+        names = os.listdir(state_root)
+    except OSError:
+        return owned
+    for name in names:
+        if name.startswith(".") or name == skip_id:
+            continue
+        try:
+            record = st.ContainerDir(state_root, name).read()
+        except (OciError, OSError, TypeError, ValueError):
+            continue  # not a container, being created or deleted, or unreadable
+        if record is not None and isinstance(record.cgroup, dict):
+            owned.update(_owned_dirs(record.cgroup))
+    return owned
+
+
+def _owned_dirs(record: dict[str, Any]) -> list[str]:
+    """What one cgroup record owns; a systemd record holds its file manager's
+    record under "fs"."""
+    dirs: list[str] = []
+    for key in ("created", "adopted"):
+        value = record.get(key)
+        if isinstance(value, list):
+            dirs += [d for d in value if isinstance(d, str)]
+    inner = record.get("fs")
+    if isinstance(inner, dict):
+        dirs += _owned_dirs(inner)
+    return dirs

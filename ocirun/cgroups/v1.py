@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 class V1Manager(BaseManager):
     def __init__(self, cgroups_path: str, paths: dict[str, str],
-                 created: list[str] | None = None, hybrid: bool | None = None) -> None:
-        super().__init__(cgroups_path, paths, created)
+                 created: list[str] | None = None, hybrid: bool | None = None, *,
+                 adopted: list[str] | None = None, classified: bool = False,
+                 state_root: str | None = None, container_id: str = "") -> None:
+        super().__init__(cgroups_path, paths, created, adopted=adopted, classified=classified,
+                         state_root=state_root, container_id=container_id)
         self.mode = "hybrid" if (UNIFIED in paths if hybrid is None else hybrid) else "v1"
 
     def _key_for(self, controller: str) -> str | None:
