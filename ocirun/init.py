@@ -56,17 +56,17 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 
 # ------------------------------------------------------------------------- stage 1
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
-    # The parent moves stage1, then the init, into the container's cgroup while they
-    # work: the first cgroup.procs write waits for an RCU grace period (~10 ms), which
-    # would otherwise be paid before any of this.  The init waits for the move to end
-    # before it makes the cgroup namespace, mounts a cgroup filesystem, or reports.
     try:
-        _preload(cfg)  # still the runtime's user and mounts: the library is reachable
+        # Imports first: still the runtime's user and mounts (the library is reachable),
+        # and they overlap the parent's cgroup.procs write, which waits out an RCU
+        # grace period (~8 ms here; runc pays it too).
+        _preload(cfg)
+        ch.expect("go")  # the parent has put us in the container's cgroup
         linux = cfg.spec.linux
         _join_namespaces(cfg.spec)
         new_flags = 0
         for ns in linux.namespaces:
-            if ns.path is None and ns.type not in ("user", "cgroup"):
+            if ns.path is None and ns.type != "user":
                 new_flags |= ksys.NAMESPACE_FLAGS[ns.type]
         user_ns = linux.namespace("user")
         if user_ns is not None and user_ns.path is None:
@@ -200,25 +200,11 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     in_userns = linux.namespace("user") is not None
     mount_ns = linux.namespace("mount")
     new_rootfs = mount_ns is not None and mount_ns.path is None
-    in_cgroup = False
-
-    def enter_cgroup() -> None:
-        """Wait until the parent has moved us into the container's cgroup, then make
-        the cgroup namespace (rooted there)."""
-        nonlocal in_cgroup
-        if not in_cgroup:
-            in_cgroup = True
-            ch.expect("go")
-            cgroup_ns = linux.namespace("cgroup")
-            if cgroup_ns is not None and cgroup_ns.path is None:
-                ksys.unshare(ksys.CLONE_NEWCGROUP)
-
     if new_rootfs:
         rootfs.prepare_root(spec)
-        rootfs.mount_all(spec, cfg.bundle, before_cgroup_mount=enter_cgroup)
+        rootfs.mount_all(spec, cfg.bundle)
         devices.create_devices(spec, in_userns)
         os.makedirs(rootfs.secure_join(spec.root.path, process.cwd), 0o755, exist_ok=True)
-    enter_cgroup()
     if spec.hostname is not None:
         import _socket
         _socket.sethostname(spec.hostname)

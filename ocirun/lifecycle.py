@@ -253,11 +253,12 @@ def create(root: str, container_id: str, opts: CreateOptions,
             # in the cgroup, before cgroup.destroy (which spares live processes).
             undo.push(_kill_own_processes, cgroup)
         undo.push(_kill_and_reap, stage1_pid)
-        if cgroup is not None:  # stage1 goes on meanwhile: see init.stage1
+        if cgroup is not None:  # stage1 imports meanwhile: see init.stage1
             cgroup.apply(spec.linux.resources)  # before any process of it is inside
             _join_cgroup(cgroup, stage1_pid, spec, rootless)
             state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
-        _drive_children(parent, spec, state, stage1_pid, undo, cgroup, rootless)
+        parent.send("go")
+        _drive_children(parent, spec, state, stage1_pid, undo)
         parent.close()
         state.pid_start = st.process_start_time(state.pid) or 0
         if not state.pid_start:
@@ -363,9 +364,8 @@ def _death_of(pid: int, timeout: float = 2.0) -> str:
 
 
 def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
-                    undo: _Undo, cgroup: Any = None, rootless: bool = False) -> None:
-    """Answer the children's requests until the init reports ready; the init learns
-    from the first answer that it is in the container's cgroup."""
+                    undo: _Undo) -> None:
+    """Answer the children's requests until the init reports ready."""
     from ocirun.sync import ChildError
 
     phase = "while setting up namespaces"
@@ -392,19 +392,6 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
         except OSError:  # ECONNRESET: it died with our last message unread
             raise died() from None
 
-    def got_pid(msg: dict[str, Any]) -> None:
-        nonlocal phase
-        state.pid = msg["pid"]
-        undo.push(_kill_and_reap, state.pid)
-        os.waitpid(stage1_pid, 0)
-        undo.drop(_kill_and_reap, stage1_pid)  # reaped: its pid is free for reuse
-        phase = "while building the rootfs"
-        if cgroup is not None:
-            # stage1 may have forked it before it was moved itself; another write
-            # right after the first one is cheap (no grace period to wait for).
-            _join_cgroup(cgroup, state.pid, spec, rootless)
-        answer()
-
     while True:
         msg, fds = receive("userns", "pid", "hooks", "seccomp", "ready")
         kind = msg["t"]
@@ -417,7 +404,11 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             write_id_maps(stage1_pid, spec.linux)
             answer()
         elif kind == "pid":
-            got_pid(msg)
+            state.pid = msg["pid"]
+            undo.push(_kill_and_reap, state.pid)
+            os.waitpid(stage1_pid, 0)
+            undo.drop(_kill_and_reap, stage1_pid)  # reaped: its pid is free for reuse
+            phase = "while building the rootfs"
         elif kind == "hooks":
             hook_state = state.hook_state()
             phase = "while the prestart/createRuntime hooks ran"

@@ -17,10 +17,6 @@ from ocirun import sys as ksys
 from ocirun.errors import OciError
 from ocirun.spec import Mount, Spec
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Callable
-
 _STATVFS_LOCKED = {  # statvfs f_flag bit -> the mount flag the kernel keeps locked
     1: ksys.MS_RDONLY, 2: ksys.MS_NOSUID, 4: ksys.MS_NODEV, 8: ksys.MS_NOEXEC,
     1024: ksys.MS_NOATIME, 2048: ksys.MS_NODIRATIME, 4096: ksys.MS_RELATIME,
@@ -252,14 +248,9 @@ def _make_parent_mount_private(path: str) -> None:
         ksys.mount(None, best, None, ksys.MS_PRIVATE)
 
 
-def mount_all(spec: Spec, bundle: str,
-              before_cgroup_mount: Callable[[], None] | None = None) -> None:
-    """Every mount of the config, in order; `before_cgroup_mount` is called before a
-    cgroup filesystem is mounted (what it shows depends on the caller's cgroup)."""
+def mount_all(spec: Spec, bundle: str) -> None:
     assert spec.root is not None
     for m in spec.mounts:
-        if m.type == "cgroup" and before_cgroup_mount is not None:
-            before_cgroup_mount()
         mount_one(spec.root.path, bundle, m)
 
 

@@ -1,10 +1,8 @@
-"""The parent's side of the create protocol, driven by a scripted channel and a
-recording cgroup.
+"""The parent's side of the create protocol, driven by a scripted channel.
 
-stage1 and the init go on with their work while the parent moves them into the
-container's cgroup (the first cgroup.procs write waits out an RCU grace period).  The
-init hears nothing from the parent before both moves are done: its first answer is
-what tells it that it is in its cgroup.
+stage1 and the init share one socket to the parent.  stage1 reports the init's pid;
+the init speaks only after that (init.stage1 holds it on a pipe until then), so the
+parent never runs hooks, or records a container, with pid 0.
 """
 
 from __future__ import annotations
@@ -12,21 +10,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
+
 from ocirun import lifecycle
 from ocirun import state as st
 from ocirun.spec import parse_spec
 from ocirun.specgen import default_spec
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
+from ocirun.sync import ChildError
 
 
 class ScriptedChannel:
-    def __init__(self, log: Recorder, messages: list[dict[str, Any]]) -> None:
-        self.log = log
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
         self.incoming = list(messages)
+        self.sent: list[dict[str, Any]] = []
 
     def expect(self, *kinds: str) -> tuple[dict[str, Any], list[int]]:
         msg = self.incoming.pop(0)
@@ -34,15 +30,7 @@ class ScriptedChannel:
         return msg, []
 
     def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
-        self.log.events.append(("send", {"t": kind, **fields}))
-
-
-class RecordingCgroup:
-    def __init__(self, log: Recorder) -> None:
-        self.log = log
-
-    def add_process(self, pid: int) -> None:
-        self.log.events.append(("add_process", pid))
+        self.sent.append({"t": kind, **fields})
 
 
 def _exited_child() -> int:
@@ -52,31 +40,31 @@ def _exited_child() -> int:
     return pid
 
 
-def _drive(messages: list[dict[str, Any]], with_cgroup: bool = True) -> tuple[st.State, Recorder]:
+def _drive(messages: list[dict[str, Any]]) -> tuple[st.State, ScriptedChannel]:
     spec = parse_spec(default_spec(), "/bundle")
     state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs")
-    log = Recorder()
+    ch = ScriptedChannel(messages)
+    stage1 = _exited_child()
     undo = lifecycle._Undo()
-    lifecycle._drive_children(ScriptedChannel(log, messages), spec, state,  # type: ignore[arg-type]
-                              _exited_child(), undo,
-                              RecordingCgroup(log) if with_cgroup else None)
-    undo.steps.clear()
-    return state, log
+    try:
+        lifecycle._drive_children(ch, spec, state, stage1, undo)  # type: ignore[arg-type]
+    finally:
+        undo.steps.clear()
+        try:
+            os.waitpid(stage1, 0)
+        except ChildProcessError:
+            pass
+    return state, ch
 
 
-def test_the_init_is_moved_into_its_cgroup_before_the_parent_answers_it() -> None:
-    state, log = _drive([{"t": "pid", "pid": 4242}, {"t": "hooks"}, {"t": "ready"}])
+def test_hooks_get_the_state_with_the_init_pid() -> None:
+    state, ch = _drive([{"t": "pid", "pid": 4242}, {"t": "hooks"}, {"t": "ready"}])
     assert state.pid == 4242
-    assert log.events[0] == ("add_process", 4242)
-    assert log.events[1] == ("send", {"t": "go"})  # "you are in your cgroup"
-    kind, hooks_answer = log.events[2]
-    assert kind == "send" and hooks_answer["t"] == "go"
-    assert '"pid": 4242' in hooks_answer["state"]  # the hooks' state names the init
-    assert len(log.events) == 3
+    assert [m["t"] for m in ch.sent] == ["go"]
+    assert '"pid": 4242' in ch.sent[0]["state"]
 
 
-def test_without_a_cgroup_the_init_is_answered_all_the_same() -> None:
-    state, log = _drive([{"t": "pid", "pid": 77}, {"t": "hooks"}, {"t": "ready"}],
-                        with_cgroup=False)
-    assert state.pid == 77
-    assert [e[1]["t"] for e in log.events] == ["go", "go"]
+@pytest.mark.parametrize("first", ["hooks", "ready", "seccomp"])
+def test_an_init_speaking_before_its_pid_is_known_is_an_error(first: str) -> None:
+    with pytest.raises(ChildError, match="before its pid"):
+        _drive([{"t": first}, {"t": "pid", "pid": 4242}, {"t": "ready"}])
