@@ -235,6 +235,7 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     import resource  # noqa: F401 - init._set_rlimits
     import _prctl  # noqa: F401 - caps.apply
     from ocirun import caps, init  # noqa: F401
+    ksys.load()
     if seccomp is not None:
         from ocirun.seccomp import loader  # noqa: F401
 
@@ -359,10 +360,9 @@ def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn
         if plan.in_userns:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
-        pid = os.fork()
-        if pid == 0:
+        from ocirun.init import fork_and_report
+        if fork_and_report(ch) == 0:
             _process(ch, plan)
-        ch.send("pid", pid=pid)
     except BaseException as e:  # noqa: BLE001 - everything must reach the runtime
         _fail(ch, e)
     os._exit(0)

@@ -82,34 +82,37 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
             with open("/proc/self/timens_offsets", "w") as f:
                 for clock, (secs, nanos) in linux.time_offsets.items():
                     f.write(f"{clock} {secs} {nanos}\n")
-        # The init says nothing before its pid is on the channel (both write to the
-        # same socket): a stage1 descheduled right after fork must not let the init's
-        # "hooks" or "ready" overtake "pid".  If stage1 dies first, the init sees EOF
-        # and leaves, so the parent sees EOF too rather than waiting forever.
-        gate_r, gate_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(gate_w)
-            _await_pid_reported(gate_r)
+        if fork_and_report(ch) == 0:
             init(ch, cfg)
-        os.close(gate_r)
-        ch.send("pid", pid=pid)
-        os.write(gate_w, b"1")
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
         _fail(ch, e)
     os._exit(0)
 
 
-def _await_pid_reported(gate: int) -> None:
-    """The init's first step: wait until stage1 has sent our pid to the parent.  If
-    stage1 died before that, leave without a word: the parent reports its death."""
-    try:
-        reported = os.read(gate, 1) == b"1"
-    except OSError:
-        reported = False
-    os.close(gate)
-    if not reported:
-        os._exit(1)
+def fork_and_report(ch: Channel) -> int:
+    """fork(), and send the child's pid to the runtime before the child may speak.
+
+    Parent and child write to the same socket: a parent descheduled right after fork
+    must not let the child's messages overtake "pid".  The child waits on a pipe until
+    the pid went out; if its parent died first, it sees EOF and leaves without a word,
+    so the runtime sees EOF too rather than waiting forever.  Returns 0 in the child."""
+    gate_r, gate_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(gate_w)
+        try:
+            reported = os.read(gate_r, 1) == b"1"
+        except OSError:
+            reported = False
+        os.close(gate_r)
+        if not reported:
+            os._exit(1)
+        return 0
+    os.close(gate_r)
+    ch.send("pid", pid=pid)
+    os.write(gate_w, b"1")
+    os.close(gate_w)
+    return pid
 
 
 def _join_namespaces(spec: Spec) -> None:

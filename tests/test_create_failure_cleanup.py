@@ -57,12 +57,15 @@ HOLD = 1.0
 FORK_SHIM = r"""
 import os, runpy, signal, sys, time
 _runtime = os.getpid()
+# Opened now: exec's joiner forks inside the container's mount namespace, where the
+# test's paths do not exist.
+_mark = os.open(os.environ["OCIRUN_TEST_STAGE1_MARK"],
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 def _after_fork():
     what = os.environ.get("OCIRUN_TEST_STAGE1", "")
     if os.getpid() == _runtime or not what:
         return
-    with open(os.environ["OCIRUN_TEST_STAGE1_MARK"], "a") as f:
-        f.write(what + "\n")
+    os.write(_mark, (what + "\n").encode())
     if what == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(float(what))
@@ -244,7 +247,7 @@ def test_init_pid_known_before_it_reports(runtime: Runtime) -> None:
     try:
         r = runtime("create", "--bundle", str(bundle), cid, env=env)
         runtime.argv = argv
-        assert mark.exists(), "stage1 was not held back: the test proves nothing"
+        assert mark.read_text().strip(), "stage1 was not held back: the test proves nothing"
         assert r.returncode == 0, (f"create failed while stage1 was slow: "
                                    f"{r.stderr.decode().strip()!r}; still running: "
                                    f"{_pids_running(cid)}; cgroups: "
@@ -272,10 +275,34 @@ def test_stage1_killed_after_fork_fails_cleanly(runtime: Runtime) -> None:
         except subprocess.TimeoutExpired:
             raise AssertionError("create hung after stage1 died") from None
         runtime.argv = argv
-        assert mark.exists(), "stage1 was not killed: the test proves nothing"
+        assert mark.read_text().strip(), "stage1 was not killed: the test proves nothing"
         line = _one_line_error(r)
         assert "SIGKILL" in line, line
         _assert_nothing_left(runtime, cid, [])
     finally:
         runtime.argv = argv
         _scrub(runtime, cid, [])
+
+
+def test_exec_whose_joiner_dies_after_fork_fails_cleanly(runtime: Runtime) -> None:
+    """The same gate for `exec`: its joiner forks the process, then is SIGKILLed before
+    it reports the pid.  exec fails at once (no hang) and nothing of it stays."""
+    cid = runtime.create(runtime.bundle(["sleep", "1000"]))
+    assert runtime("start", cid).returncode == 0
+    mark = runtime.work / "killed"
+    argv = runtime.argv
+    env = _shim(runtime, "kill", mark)
+    try:
+        started = time.monotonic()
+        r = runtime("exec", cid, "sleep", "999", env=env, timeout=30)
+    finally:
+        runtime.argv = argv
+    assert mark.read_text().strip(), "the joiner was not killed: the test proves nothing"
+    assert time.monotonic() - started < 20
+    line = _one_line_error(r)
+    assert "exec" in line or "exited" in line, line
+    wait_gone = time.monotonic() + 5
+    while _pids_running(cid) and time.monotonic() < wait_gone:
+        time.sleep(0.05)
+    assert not _pids_running(cid), "a child of the exec was left behind"
+    assert runtime.state(cid)["status"] == "running"
