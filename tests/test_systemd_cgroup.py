@@ -353,14 +353,19 @@ def test_container_runs_in_a_transient_scope_with_its_limits(box: Box) -> None:
         box.ocirun("delete", "--force", cid)
 
 
+def _run_in_scope(box: Box, cid: str) -> str:
+    """Create and start a container in a transient scope of machine.slice; its unit."""
+    bundle = box.bundle(f"machine.slice:ocirun-test:{cid}")
+    r = box.ocirun("--systemd-cgroup", "create", "--bundle", str(bundle), cid)
+    assert r.returncode == 0, r.stderr.decode()
+    assert box.ocirun("start", cid).returncode == 0
+    return f"ocirun-test-{cid}.scope"
+
+
 def test_delete_force_of_a_running_container_stops_its_unit(box: Box) -> None:
     cid = f"sd-{uuid.uuid4().hex[:6]}"
-    unit = f"ocirun-test-{cid}.scope"
-    bundle = box.bundle(f"machine.slice:ocirun-test:{cid}")
     try:
-        assert box.ocirun("--systemd-cgroup", "create", "--bundle", str(bundle),
-                          cid).returncode == 0
-        assert box.ocirun("start", cid).returncode == 0
+        unit = _run_in_scope(box, cid)
         assert box.unit(unit)["ActiveState"] == "active"
         r = box.ocirun("delete", "--force", cid)
         assert r.returncode == 0, r.stderr.decode()
@@ -371,12 +376,8 @@ def test_delete_force_of_a_running_container_stops_its_unit(box: Box) -> None:
 
 def test_delete_after_the_unit_is_already_gone(box: Box) -> None:
     cid = f"sd-{uuid.uuid4().hex[:6]}"
-    unit = f"ocirun-test-{cid}.scope"
-    bundle = box.bundle(f"machine.slice:ocirun-test:{cid}")
     try:
-        assert box.ocirun("--systemd-cgroup", "create", "--bundle", str(bundle),
-                          cid).returncode == 0
-        assert box.ocirun("start", cid).returncode == 0
+        unit = _run_in_scope(box, cid)
         # Killed behind ocirun's back: an empty scope is stopped and garbage-collected
         # by systemd.  (`systemctl stop` would SIGTERM, which a pid 1 sleep ignores.)
         r = box.systemctl("kill", "--signal=KILL", unit)
