@@ -492,7 +492,13 @@ def test_check_before_update_refuses_a_limit_below_usage(cgroups: Cgroups) -> No
 def test_stats_report_pids_memory_and_cpu(cgroups: Cgroups) -> None:
     m = cgroups.manager()
     m.apply(resources({"pids": {"limit": 50}}) if m.version_of("pids") else None)
-    p = cgroups.spawn(m, ["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 100"])
+    # Held at `read` until placed: v1 charges memory where a page was first touched, and
+    # a `sleep` forked before the move would stay behind (usage 0 here, a flake).
+    p = cgroups.spawn(m, ["sh", "-c", "read go; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); "
+                          "done; sleep 100"], stdin=True)
+    assert p.stdin is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
     assert wait_for(lambda: cpu_ticks(p.pid) > 0 or proc_state(p.pid) == "S")
     time.sleep(0.2)
     s = m.stats()
