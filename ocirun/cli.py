@@ -11,7 +11,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-from ocirun import __version__, OCI_VERSION, jsonio, log
+from ocirun import jsonio, log
 from ocirun.errors import OciError
 from ocirun.record import Record
 

@@ -78,7 +78,7 @@ def _end(sig: str, i: int) -> int:
     if c == "a":
         return _end(sig, i + 1)
     if c in "({":
-        close, depth, j = ")" if c == "(" else "}", 0, i
+        depth, j = 0, i
         while j < len(sig):
             if sig[j] in "({":
                 depth += 1
