@@ -391,9 +391,6 @@ def _home(uid: int) -> str:
     return "/"
 
 
-FIFO_RELEASED, FIFO_EXECUTING, FIFO_ERROR = st.FIFO_RELEASED, st.FIFO_EXECUTING, st.FIFO_ERROR
-
-
 def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
     process = cfg.spec.process
     assert process is not None
@@ -404,13 +401,13 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
         # what the setup freed before blocking (possibly for a long time) on the fifo.
         ksys.malloc_trim()
         fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=cfg.state_dir_fd)
-        os.write(fifo, FIFO_RELEASED)
+        os.write(fifo, st.FIFO_RELEASED)
         os.close(cfg.state_dir_fd)
         if cfg.spec.hooks.start_container:
             from ocirun.hooks import run_hooks
             run_hooks(cfg.spec.hooks.start_container,
                       container_hook_state(state_json, "created"), "startContainer")
-        _fifo_write(fifo, FIFO_EXECUTING)
+        _fifo_write(fifo, st.FIFO_EXECUTING)
         extra_env: tuple[str, ...] = ()
         if cfg.listen_fds:
             extra_env = (f"LISTEN_FDS={cfg.listen_fds}", "LISTEN_PID=1")
@@ -439,7 +436,7 @@ def _die(msg: str, code: int, fifo: int = -1) -> NoReturn:
         pass
     try:
         if fifo >= 0:
-            _fifo_write(fifo, FIFO_ERROR + jsonio.dumps({"msg": msg, "code": code}).encode())
+            _fifo_write(fifo, st.FIFO_ERROR + jsonio.dumps({"msg": msg, "code": code}).encode())
     finally:
         sys.stderr = None  # type: ignore[assignment]
         os._exit(code)

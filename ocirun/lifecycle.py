@@ -453,7 +453,7 @@ def start(root: str, container_id: str, stored: tuple[Hooks, bool] | None = None
 
 def _release_init(cdir: st.ContainerDir, state: st.State) -> None:
     """Open the exec fifo for reading and follow the init until its execve (see
-    init.FIFO_*): a dead init is an error, never a hang, and a failure between the
+    state.FIFO_*): a dead init is an error, never a hang, and a failure between the
     release and execve (startContainer hook, executable, seccomp) is reported."""
     # The pidfd first: once the fifo is open the init may exec, exit and be reaped by
     # the engine's subreaper (conmon, the shim) before we could still open one.

@@ -205,3 +205,16 @@ def test_state_of_a_reused_pid_is_stopped(runtime: Runtime) -> None:
     data["pid"] = os.getpid()
     path.write_text(json.dumps(data))
     assert runtime.state(cid)["status"] == "stopped"
+
+
+def test_delete_force_works_when_the_stored_config_is_unreadable(runtime: Runtime) -> None:
+    """start/delete read the hooks and the pid namespace back from the state dir's copy
+    of config.json; a corrupt copy must not keep a container from being deleted."""
+    cid = runtime.create(runtime.bundle(["sleep", "1000"]))
+    assert runtime("start", cid).returncode == 0
+    pid = runtime.pid(cid)
+    (runtime.root / cid / "config.json").write_text("{corrupt")
+    r = runtime("delete", "--force", cid)
+    assert r.returncode == 0, r.stderr.decode()
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the init to be gone")
+    assert not (runtime.root / cid).exists()
