@@ -99,26 +99,28 @@ def set_user(process: Process, setgroups_allowed: bool) -> None:
 
 
 def apply(process: Process, setgroups_allowed: bool = True) -> None:
-    """Switch to the process user keeping exactly the configured capabilities."""
+    """Switch to the process user keeping exactly the configured capabilities.
+
+    Nothing is granted by default: a process without `capabilities` gets five empty
+    sets (as runc), so neither the runtime's own capabilities nor the caller's
+    inheritable and ambient sets reach the container."""
     import _prctl  # python-prctl's C module: the set-all-three capset in one call
 
-    caps = process.capabilities
-    if caps is not None:
-        drop_bounding(caps)
-        _prctl.prctl(_PR_SET_KEEPCAPS, 1)
+    caps = process.capabilities if process.capabilities is not None else Capabilities()
+    drop_bounding(caps)
+    _prctl.prctl(_PR_SET_KEEPCAPS, 1)
     set_user(process, setgroups_allowed)
-    if caps is not None:
-        last = _last_cap()
-        every = set(range(last + 1))
-        eff, perm, inh = (_numbers(s, last) for s in (caps.effective, caps.permitted,
-                                                        caps.inheritable))
-        _prctl.set_caps(list(eff), list(perm), list(inh),
-                        list(every - eff), list(every - perm), list(every - inh))
-        ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_CLEAR_ALL)
-        for cap in _numbers(caps.ambient, last) & perm & inh:
-            # The kernel only raises ambient caps that are permitted and inheritable;
-            # like runc, the others are left out rather than failing the container.
-            ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_RAISE, cap)
-        _prctl.prctl(_PR_SET_KEEPCAPS, 0)
+    last = _last_cap()
+    every = set(range(last + 1))
+    eff, perm, inh = (_numbers(s, last) for s in (caps.effective, caps.permitted,
+                                                    caps.inheritable))
+    _prctl.set_caps(list(eff), list(perm), list(inh),
+                    list(every - eff), list(every - perm), list(every - inh))
+    ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_CLEAR_ALL)
+    for cap in _numbers(caps.ambient, last) & perm & inh:
+        # The kernel only raises ambient caps that are permitted and inheritable;
+        # like runc, the others are left out rather than failing the container.
+        ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_RAISE, cap)
+    _prctl.prctl(_PR_SET_KEEPCAPS, 0)
     if process.no_new_privileges:
         _prctl.prctl(_PR_SET_NO_NEW_PRIVS, 1)

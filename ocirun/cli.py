@@ -407,6 +407,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any], list[str]], int]] 
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("--version", "-v", "-version"):
         print(_version())
@@ -438,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                     else f"{command.min_args} to {command.max_args}")
             raise UsageError(f'"{name}" requires {want} argument(s); usage: ocirun '
                              f"{command.usage}")
+        if own_command_line and name in ("create", "run", "exec"):
+            from ocirun import exeseal  # no child may run a writable interpreter
+            exeseal.ensure_sealed()
         return HANDLERS[name](g, parsed.values, parsed.args)
     except _Help:
         print(_usage())

@@ -348,6 +348,7 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 
 def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn:
     try:
+        ksys.set_dumpable(False)  # see init.stage1: /proc/<pid> out of the container's reach
         ch.expect("go")
         for t, fd in ns_fds:
             try:

@@ -10,6 +10,7 @@ interpreter state (atexit, buffered files) may run twice.
 from __future__ import annotations
 
 import _signal as signal  # the C module: `signal` imports enum (milliseconds)
+import errno
 import os
 import sys
 TYPE_CHECKING = False
@@ -30,7 +31,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class InitConfig(Record):
     spec: Spec
     bundle: str
-    state_dir_fd: int  # O_PATH fd of the container's state dir: reaches exec.fifo after pivot
+    exec_fifo_fd: int  # O_PATH fd of the exec fifo itself (never of a directory)
     no_pivot: bool = False
     preserve_fds: int = 0
     seccomp: Any = None  # ocirun.seccomp.PreparedFilter, compiled before fork
@@ -57,31 +58,38 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 # ------------------------------------------------------------------------- stage 1
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
+        linux = cfg.spec.linux
+        user_ns = linux.namespace("user")
+        new_userns = user_ns is not None and user_ns.path is None
+        if not new_userns:
+            # From here on /proc/<pid> of this process and of the init (exe, fd, cwd,
+            # root) is out of reach of container processes; with a new user namespace
+            # an unprivileged runtime must still write our id maps first.
+            ksys.set_dumpable(False)
         # Imports first: still the runtime's user and mounts (the library is reachable),
         # and they overlap the parent's cgroup.procs write, which waits out an RCU
         # grace period (~8 ms here; runc pays it too).
         _preload(cfg)
         ch.expect("go")  # the parent has put us in the container's cgroup
-        linux = cfg.spec.linux
         _join_namespaces(cfg.spec)
         new_flags = 0
         for ns in linux.namespaces:
             if ns.path is None and ns.type != "user":
                 new_flags |= ksys.NAMESPACE_FLAGS[ns.type]
-        user_ns = linux.namespace("user")
-        if user_ns is not None and user_ns.path is None:
+        if new_userns:
             ksys.unshare(ksys.CLONE_NEWUSER)
             ch.send("userns")
             ch.expect("go")  # uid_map and gid_map are written
+            ksys.set_dumpable(False)
         if user_ns is not None:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
         if new_flags:
             ksys.unshare(new_flags)
         if linux.time_offsets:
-            with open("/proc/self/timens_offsets", "w") as f:
-                for clock, (secs, nanos) in linux.time_offsets.items():
-                    f.write(f"{clock} {secs} {nanos}\n")
+            _write_own_proc("timens_offsets", "".join(
+                f"{clock} {secs} {nanos}\n" for clock, (secs, nanos)
+                in linux.time_offsets.items()), "linux.timeOffsets")
         if fork_and_report(ch) == 0:
             init(ch, cfg)
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
@@ -120,7 +128,6 @@ def _join_namespaces(spec: Spec) -> None:
     may hide the others' paths).  Order: what the runtime's own credentials allow
     first, then the user namespace (which changes what we may join), then what was
     refused before it, the mount namespace last (it changes our root)."""
-    import errno
     joins = [ns for ns in spec.linux.namespaces if ns.path]
     fds = []
     try:
@@ -231,7 +238,7 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     if new_rootfs:
         rootfs.finish(spec)
     if process.oom_score_adj is not None:
-        _write("/proc/self/oom_score_adj", str(process.oom_score_adj), "oomScoreAdj")
+        _write_own_proc("oom_score_adj", str(process.oom_score_adj), "oomScoreAdj")
     if linux.personality is not None:
         ksys.personality(0x0008 if linux.personality.domain == "LINUX32" else 0)
     if cfg.session_keyring is not None:
@@ -277,6 +284,22 @@ def _write(path: str, value: str, what: str) -> None:
         raise OciError(f"{what}: writing {path}: {os.strerror(e.errno).lower()}") from None
 
 
+def _write_own_proc(name: str, value: str, what: str) -> None:
+    """Write /proc/self/<name>.  A non-dumpable process's /proc files belong to the
+    host's root, out of reach of root in a user namespace: such a write is made
+    dumpable for its duration (the process still holds all of its capabilities then,
+    which keeps it out of reach of the container's processes)."""
+    path = f"/proc/self/{name}"
+    try:
+        _write(path, value, what)
+    except OciError:
+        ksys.set_dumpable(True)
+        try:
+            _write(path, value, what)
+        finally:
+            ksys.set_dumpable(False)
+
+
 def _setgroups_allowed(in_userns: bool) -> bool:
     if not in_userns:
         return True
@@ -309,14 +332,45 @@ def prepare_process(ch: Channel | None, process: Any, seccomp: Any, in_userns: b
     one), in order: rlimits, cwd, an early seccomp filter, user and capabilities."""
     from ocirun import caps
     _set_rlimits(process.rlimits)
-    try:
-        os.chdir(process.cwd)
-    except OSError as e:
-        raise OciError(f"chdir to cwd ({process.cwd!r}) set in config.json failed: "
-                       f"{os.strerror(e.errno).lower()}") from None
+    enter_cwd(process.cwd)
     if _seccomp_early(process, seccomp):
         _load_seccomp(ch, seccomp)
     caps.apply(process, setgroups_allowed=_setgroups_allowed(in_userns))
+
+
+def enter_cwd(cwd: str) -> None:
+    """chdir to the process's cwd, resolved inside the container's root: symlinks are
+    followed as if the root were "/", and magic links (/proc/self/fd/N, /proc/1/cwd),
+    which could name a runtime fd or a host directory, are refused."""
+    try:
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = ksys.openat2(root, cwd, os.O_PATH | os.O_DIRECTORY,
+                              ksys.RESOLVE_IN_ROOT | ksys.RESOLVE_NO_MAGICLINKS)
+        finally:
+            os.close(root)
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:  # before Linux 5.6: the check below still holds
+            try:
+                os.chdir(cwd)
+            except OSError as e2:
+                e = e2
+            else:
+                e = None  # type: ignore[assignment]
+        if e is not None:
+            why = ("it leads through a magic link (/proc/.../fd, cwd, root)"
+                   if e.errno == errno.ELOOP else os.strerror(e.errno).lower())
+            raise OciError(f"chdir to cwd ({cwd!r}) set in config.json failed: "
+                           f"{why}") from None
+    try:
+        os.getcwd()  # the kernel names a directory outside our root "(unreachable)"
+    except FileNotFoundError:
+        raise OciError(f"chdir to cwd ({cwd!r}) set in config.json failed: it is "
+                       "outside the container's root") from None
 
 
 def exec_process(process: Any, seccomp: Any, preserve_fds: int,
@@ -400,9 +454,16 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
         # The waiting init is charged to the container's memory cgroup: give back
         # what the setup freed before blocking (possibly for a long time) on the fifo.
         ksys.malloc_trim()
-        fifo = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=cfg.state_dir_fd)
+        # Blocks until `start` opens the fifo for reading.  Reopened through our own
+        # /proc (the container's, after pivot_root): the init holds no directory fd
+        # of the runtime that a path could walk out of.
+        try:
+            fifo = os.open(f"/proc/self/fd/{cfg.exec_fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise OciError("exec fifo: the container has no /proc to reopen it through "
+                           "(mount proc at /proc)") from None
+        os.close(cfg.exec_fifo_fd)
         os.write(fifo, st.FIFO_RELEASED)
-        os.close(cfg.state_dir_fd)
         if cfg.spec.hooks.start_container:
             from ocirun.hooks import run_hooks
             run_hooks(cfg.spec.hooks.start_container,

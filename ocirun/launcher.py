@@ -5,22 +5,32 @@ pip's console script starts the interpreter with `site`, which here imports ever
 manager's shim it adds another process.  The launcher runs the real interpreter
 isolated (-I: no environment, no user site) and without site (-S), with the few
 directories ocirun imports from fixed at install time.
+
+With a C compiler (gcc is needed for python-prctl anyway) the launcher is the small
+program in launcher.c, which also starts the interpreter sealed for the commands that
+enter containers (ocirun/exeseal.py); without one it is a `#!` script, and the runtime
+seals itself at the cost of one more interpreter start.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 _MODULES = ("ocirun", "_prctl", "prctl", "pyseccomp", "jsonschema")
 
-_TEMPLATE = """#!{python} -IS
-import sys
+_BOOT = """import sys
 sys.path[:0] = {paths!r}
+sys.argv[0] = "ocirun"
 from ocirun.cli import main_and_exit
 main_and_exit()
 """
+
+_SCRIPT = "#!{python} -IS\n" + _BOOT
 
 
 def import_roots() -> list[str]:
@@ -36,11 +46,51 @@ def import_roots() -> list[str]:
     return roots
 
 
+def c_string(text: str) -> str:
+    """`text` as a C string literal (octal escapes: nothing in it can end the literal)."""
+    out = []
+    for byte in text.encode():
+        ch = chr(byte)
+        out.append(ch if 0x20 <= byte < 0x7f and ch not in '"\\?' else f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def compile_launcher(path: str, python: str, boot: str) -> bool:
+    """Build launcher.c into `path`; False where there is no C compiler or it fails."""
+    from ocirun.exeseal import lower_dirs
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return False
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
+    defines = {"OCIRUN_PYTHON": python, "OCIRUN_LOWERDIR": lower_dirs(python),
+               "OCIRUN_EXE_NAME": os.path.basename(python), "OCIRUN_BOOT": boot}
+    with tempfile.TemporaryDirectory() as tmp:
+        header = os.path.join(tmp, "config.h")
+        with open(header, "w") as f:
+            for name, value in defines.items():
+                f.write(f"#define {name} {c_string(value)}\n")
+        out = os.path.join(tmp, "ocirun")
+        r = subprocess.run([cc, "-O2", "-Wall", "-include", header, "-o", out, source],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            sys.stderr.write(f"ocirun.launcher: {cc} failed, writing a script instead:\n"
+                             f"{r.stderr.decode(errors='replace')}")
+            return False
+        tmp_target = f"{path}.tmp{os.getpid()}"
+        shutil.copyfile(out, tmp_target)
+    os.chmod(tmp_target, 0o755)
+    os.rename(tmp_target, path)
+    return True
+
+
 def write_launcher(path: str) -> None:
-    text = _TEMPLATE.format(python=os.path.realpath(sys.executable), paths=import_roots())
+    python = os.path.realpath(sys.executable)
+    boot = _BOOT.format(paths=import_roots())
+    if compile_launcher(path, python, boot):
+        return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        f.write(text)
+        f.write(_SCRIPT.format(python=python, paths=import_roots()))
     os.chmod(tmp, 0o755)
     os.rename(tmp, path)
 

@@ -183,7 +183,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     from ocirun import caps
     from ocirun import sys as ksys
     from ocirun.init import InitConfig, stage1
-    from ocirun.spec import read_spec
+    from ocirun.spec import host_namespace_conflicts, read_spec
     from ocirun.sync import Channel
 
     n_listen = listen_fds()
@@ -193,6 +193,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     cdir = st.ContainerDir(root, container_id)
     spec, raw_config = config if config is not None else read_spec(bundle)
     assert spec.root is not None and spec.process is not None
+    host_namespace_conflicts(spec)
     if not os.path.isdir(spec.root.path):
         raise OciError(f"root.path: rootfs {spec.root.path} is not a directory")
     if spec.process.terminal and not opts.console_socket and console_sock is None:
@@ -223,8 +224,8 @@ def create(root: str, container_id: str, opts: CreateOptions,
                          oci_version=spec.oci_version,
                          cgroup=cgroup.to_state() if cgroup is not None else {},
                          systemd_cgroup=opts.systemd_cgroup, status="creating")
-        dir_fd = os.open(cdir.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        undo.push(os.close, dir_fd)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        undo.push(os.close, fifo_fd)
         console_fd = None
         if spec.process.terminal:
             if console_sock is None:
@@ -232,7 +233,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
                 console_sock = console.connect(opts.console_socket or "")
                 undo.push(console_sock.close)
             console_fd = console_sock.fileno()
-        cfg = InitConfig(spec=spec, bundle=bundle, state_dir_fd=dir_fd,
+        cfg = InitConfig(spec=spec, bundle=bundle, exec_fifo_fd=fifo_fd,
                          no_pivot=opts.no_pivot, preserve_fds=opts.preserve_fds,
                          seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
                          session_keyring=None if opts.no_new_keyring else container_id)
@@ -268,7 +269,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         cdir.write(state)
         if opts.pid_file:
             _write_pid_file(opts.pid_file, state.pid)
-        os.close(dir_fd)
+        os.close(fifo_fd)
         return state, spec
     except BaseException:
         undo.run()

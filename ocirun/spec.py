@@ -827,11 +827,14 @@ def parse_stored(data: Any) -> tuple[Hooks, bool]:
 def _check_semantics(spec: Spec) -> None:
     """Rules spanning several fields, which a per-field check cannot see."""
     linux = spec.linux
-    uts = linux.namespace("uts")
-    if spec.hostname and (uts is None or uts.path):
-        raise ConfigError("hostname", "setting the hostname needs a new uts namespace")
-    if spec.domainname and (uts is None or uts.path):
-        raise ConfigError("domainname", "setting the domainname needs a new uts namespace")
+    # Settings of a namespace the container shares with the runtime would change the
+    # host: they need that namespace in the config (a joined one is checked against
+    # the runtime's own at create, see host_namespace_conflicts).
+    if linux.namespace("uts") is None:
+        for key in ("hostname", "domainname"):
+            if getattr(spec, key) is not None:
+                raise ConfigError(key, f"setting the {key} needs a uts namespace of the "
+                                  "container's own (add it to linux.namespaces)")
     user_ns = linux.namespace("user")
     if (linux.uid_mappings or linux.gid_mappings) and (user_ns is None or user_ns.path):
         raise ConfigError("linux.uidMappings", "id mappings need a new user namespace")
@@ -845,6 +848,57 @@ def _check_semantics(spec: Spec) -> None:
     for key in linux.sysctl:
         if not key or "/" in key or any(not part for part in key.split(".")):
             raise ConfigError(f"linux.sysctl.{key}", "is not a valid sysctl name")
+        ns_type = sysctl_namespace(key)
+        if ns_type is None:
+            raise ConfigError(f"linux.sysctl.{key}", "is not namespaced: setting it would "
+                              "change the host")
+        if linux.namespace(ns_type) is None:
+            raise ConfigError(f"linux.sysctl.{key}", f"belongs to the {ns_type} namespace, "
+                              f"which the container shares with the host (add a {ns_type} "
+                              "namespace to linux.namespaces)")
+
+
+_IPC_SYSCTLS = frozenset(("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                          "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                          "kernel.shm_rmid_forced"))
+
+
+def sysctl_namespace(key: str) -> str | None:
+    """The namespace type a sysctl belongs to, or None for one of the whole host (the
+    list runc and crun accept)."""
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return "ipc"
+    if key.startswith("net."):
+        return "network"
+    if key in ("kernel.hostname", "kernel.domainname"):
+        return "uts"
+    return None
+
+
+def host_namespace_conflicts(spec: Spec) -> None:
+    """Refuse a setting aimed at a namespace given by path that is the runtime's own:
+    a path can name the host's namespace as well as another container's."""
+    wanted: dict[str, str] = {}
+    for key in ("hostname", "domainname"):
+        if getattr(spec, key) is not None:
+            wanted.setdefault("uts", key)
+    for key in spec.linux.sysctl:
+        ns_type = sysctl_namespace(key)
+        if ns_type is not None:
+            wanted.setdefault(ns_type, f"linux.sysctl.{key}")
+    from ocirun.sys import NAMESPACE_FILES
+    for ns_type, json_path in wanted.items():
+        ns = spec.linux.namespace(ns_type)
+        if ns is None or ns.path is None:
+            continue
+        try:
+            given = os.stat(ns.path)
+            own = os.stat(f"/proc/self/ns/{NAMESPACE_FILES[ns_type]}")
+        except OSError:
+            continue  # joining reports a path that cannot be opened
+        if (given.st_dev, given.st_ino) == (own.st_dev, own.st_ino):
+            raise ConfigError(json_path, f"the {ns_type} namespace {ns.path} is the "
+                              "runtime's own: setting it would change the host")
 
 
 def parse_process(data: Any) -> Process:

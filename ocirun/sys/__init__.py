@@ -60,6 +60,7 @@ NAMESPACE_FILES = {
     "pid": "pid", "network": "net", "time": "time",
 }
 
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -69,6 +70,25 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _SYS_PIVOT_ROOT = 155
 _SYS_CLOSE_RANGE = 436
 _SYS_KEYCTL = 250
+# Added after the syscall tables were unified: the same numbers on every architecture.
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_SYS_OPENAT2 = 437
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
+# openat2(2) resolve flags
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
@@ -134,6 +154,39 @@ def setdomainname(name: str) -> None:
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     if _libc().syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(last), 0) < 0:
         os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # kernels before 5.9
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): `path` resolved under `resolve`'s rules (RESOLVE_IN_ROOT: as if
+    dir_fd were "/", symlinks included).  Raises OSError(ENOSYS) before Linux 5.6."""
+    how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(_libc().syscall(_SYS_OPENAT2, dir_fd, _b(path), how, ctypes.sizeof(how)),
+                  "openat2", path)
+
+
+def fsmount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
+    """A new filesystem instance as a detached mount (fsopen/fsconfig/fsmount): an
+    O_PATH-like fd of its root, attached nowhere, so no namespace can remount it."""
+    libc = _libc()
+    ctx = _check(libc.syscall(_SYS_FSOPEN, _b(fstype), FSOPEN_CLOEXEC), "fsopen", fstype)
+    try:
+        for key, value in options.items():
+            _check(libc.syscall(_SYS_FSCONFIG, ctx, FSCONFIG_SET_STRING, _b(key), _b(value),
+                                0), "fsconfig", f"{key}={value}")
+        _check(libc.syscall(_SYS_FSCONFIG, ctx, FSCONFIG_CMD_CREATE, None, None, 0),
+               "fsconfig", fstype)
+        return _check(libc.syscall(_SYS_FSMOUNT, ctx, FSMOUNT_CLOEXEC, attrs), "fsmount",
+                      fstype)
+    finally:
+        os.close(ctx)
+
+
+def set_dumpable(dumpable: bool) -> None:
+    """A non-dumpable process's /proc/<pid> entries (exe, fd, cwd, root, mem) are out
+    of reach of anyone lacking CAP_SYS_PTRACE over it; execve of the container's
+    program makes it dumpable again."""
+    import _prctl
+    _prctl.prctl(PR_SET_DUMPABLE, int(dumpable))
 
 
 def set_child_subreaper() -> None:

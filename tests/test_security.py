@@ -1,0 +1,226 @@
+"""Container escapes, each written as the exploit (see SECURITY.md).
+
+Every test here acts as the container would: through `exec` into a created container
+(the init is still the runtime's interpreter then), through config strings, through
+the capabilities it is given.  Each one escapes on a build without its protection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Runtime, proc_status
+from ocirun.exeseal import exe_is_sealed
+from ocirun.spec import CAPABILITIES
+
+_CAP_KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def _no_leftovers(runtime: Runtime, cid: str) -> None:
+    assert not (runtime.root / cid).exists(), f"state dir of {cid} left behind"
+
+
+# ------------------------------------------------------------------ capabilities
+def test_config_without_capabilities_grants_none(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        del spec["process"]["capabilities"]
+    cid = runtime.create(runtime.bundle(edit=edit))
+    status = proc_status(runtime.pid(cid))
+    assert {k: int(status[k], 16) for k in _CAP_KEYS} == dict.fromkeys(_CAP_KEYS, 0)
+
+
+def test_callers_inheritable_and_ambient_sets_do_not_reach_the_container(
+        runtime: Runtime) -> None:
+    """A caller (an engine's shim, a shell under capsh) with inheritable and ambient
+    capabilities: none of them passes into a container that does not name them."""
+    raw = CAPABILITIES.index("CAP_NET_RAW")
+
+    def raise_ambient() -> None:
+        import ctypes
+
+        import prctl
+        prctl.cap_inheritable.net_raw = True
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(47, 2, raw, 0, 0) != 0:  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE
+            raise OSError(ctypes.get_errno(), "raising an ambient capability")
+
+    def edit(spec: dict) -> None:
+        caps = spec["process"]["capabilities"]
+        caps["inheritable"] = []
+        caps["ambient"] = []
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=edit)), cid,
+                preexec_fn=raise_ambient)
+    assert r.returncode == 0, r.stderr.decode()
+    status = proc_status(runtime.pid(cid))
+    assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
+    assert not int(status["CapEff"], 16) >> raw & 1
+
+    def no_caps(spec: dict) -> None:
+        del spec["process"]["capabilities"]
+    cid2 = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=no_caps)), cid2,
+                preexec_fn=raise_ambient)
+    assert r.returncode == 0, r.stderr.decode()
+    status = proc_status(runtime.pid(cid2))
+    assert {k: int(status[k], 16) for k in _CAP_KEYS} == dict.fromkeys(_CAP_KEYS, 0)
+
+
+# ------------------------------------------------------------- runtime fds, cwd
+@pytest.mark.parametrize("cwd", ["/proc/self/fd/3", "/proc/self/cwd", "/proc/1/root/..",
+                                 "/proc/self/root/proc/self/fd/3"])
+def test_cwd_through_a_magic_link_is_refused(runtime: Runtime, cwd: str) -> None:
+    """CVE-2024-21626: process.cwd naming one of the init's own fds (once the state
+    dir) started the container outside its root."""
+    def edit(spec: dict) -> None:
+        spec["process"]["cwd"] = cwd
+        spec["process"]["args"] = ["sh", "-c", "ls ../../../../../../.. > /dev/null; pwd"]
+    cid = runtime.new_id()
+    r = runtime("run", "--bundle", str(runtime.bundle(edit=edit)), cid)
+    assert r.returncode != 0, f"the container started in {r.stdout!r}"
+    assert b"magic link" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    _no_leftovers(runtime, cid)
+
+
+def test_waiting_init_holds_no_directory_of_the_runtime(runtime: Runtime) -> None:
+    cid = runtime.create(runtime.bundle(), None, "--preserve-fds", "0")
+    pid = runtime.pid(cid)
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{name}")
+        if int(name) > 2:  # stdio is the caller's own
+            assert not os.path.isdir(f"/proc/{pid}/fd/{name}"), f"fd {name} -> {target}"
+
+
+@pytest.mark.parametrize("target", ["fd/3", "cwd", "root"])
+def test_exec_cwd_through_the_waiting_inits_links_is_refused(runtime: Runtime,
+                                                             target: str) -> None:
+    cid = runtime.create(runtime.bundle())
+    r = runtime("exec", "--cap", "CAP_SYS_PTRACE", "--cwd", f"/proc/1/{target}", cid,
+                "sh", "-c", "cd ../../../../..; ls")
+    assert r.returncode != 0, r.stdout
+    assert b"magic link" in r.stderr, r.stderr
+
+
+def test_waiting_init_is_out_of_reach_of_container_processes(runtime: Runtime) -> None:
+    """Without CAP_SYS_PTRACE no container process can open /proc/1/{exe,root,cwd,fd}
+    of the init while it is still the runtime."""
+    cid = runtime.create(runtime.bundle())
+    for argv in (["cat", "/proc/1/exe"], ["ls", "/proc/1/root/"], ["ls", "/proc/1/cwd/"],
+                 ["ls", "/proc/1/fd/3/"]):
+        r = runtime("exec", cid, *argv)
+        assert r.returncode != 0, f"{argv}: {r.stdout!r}"
+        assert b"ermission denied" in r.stderr, r.stderr
+
+
+# -------------------------------------------------------------- /proc/<pid>/exe
+def _launcher(tmp_path: Path) -> list[str]:
+    """ocirun through its installed launcher, built from this checkout."""
+    path = tmp_path / "ocirun-launcher"
+    subprocess.run([sys.executable, "-m", "ocirun.launcher", str(path)], check=True,
+                   cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    return [str(path)]
+
+
+@pytest.mark.parametrize("how", ["python-m", "launcher"])
+def test_runtime_interpreter_cannot_be_opened_for_writing_from_a_container(
+        runtime: Runtime, tmp_path: Path, how: str) -> None:
+    """CVE-2019-5736: /proc/1/exe of a created container's init is the runtime's
+    interpreter.  Even with CAP_SYS_PTRACE and CAP_DAC_OVERRIDE, opening it for writing
+    must fail because the file cannot be written (EROFS), not merely because it is
+    running right now (ETXTBSY: it could be written once it is not)."""
+    if how == "launcher":
+        runtime.argv = _launcher(tmp_path)
+    cid = runtime.create(runtime.bundle())
+    pid = runtime.pid(cid)
+    assert exe_is_sealed(f"/proc/{pid}/exe")
+    r = runtime("exec", "--cap", "CAP_SYS_PTRACE", "--cap", "CAP_DAC_OVERRIDE", cid,
+                "sh", "-c", "exec 3<>/proc/1/exe && echo OPENED-FOR-WRITING")
+    assert b"OPENED-FOR-WRITING" not in r.stdout
+    assert b"Read-only file system" in r.stderr, r.stderr
+
+
+def test_launcher_seals_without_a_second_interpreter_start(runtime: Runtime,
+                                                          tmp_path: Path) -> None:
+    runtime.argv = _launcher(tmp_path)
+    cid = runtime.new_id()
+    r = runtime("--debug", "create", "--bundle", str(runtime.bundle()), cid)
+    assert r.returncode == 0, r.stderr
+    assert b"re-executing" not in r.stderr
+    assert exe_is_sealed(f"/proc/{runtime.pid(cid)}/exe")
+
+
+# --------------------------------------------------- settings that change the host
+def test_empty_hostname_without_uts_namespace_leaves_the_hosts(runtime: Runtime) -> None:
+    before = socket.gethostname()
+
+    def edit(spec: dict) -> None:
+        spec["hostname"] = ""
+        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"]
+                                       if n["type"] != "uts"]
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=edit)), cid)
+    assert r.returncode != 0
+    assert r.stderr.strip().endswith(b"(add it to linux.namespaces)"), r.stderr
+    assert socket.gethostname() == before
+    _no_leftovers(runtime, cid)
+
+
+@pytest.mark.parametrize("key,ns,value", [
+    ("fs.mqueue.queues_max", "ipc", "77"),
+    ("net.ipv4.ping_group_range", "network", "1 1"),
+])
+def test_sysctl_of_a_namespace_shared_with_the_host_is_refused(
+        runtime: Runtime, key: str, ns: str, value: str) -> None:
+    proc = "/proc/sys/" + key.replace(".", "/")
+    before = Path(proc).read_text()
+
+    def edit(spec: dict) -> None:
+        spec["linux"]["sysctl"] = {key: value}
+        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"]
+                                       if n["type"] != ns]
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=edit)), cid)
+    assert r.returncode != 0
+    assert f"linux.sysctl.{key}".encode() in r.stderr
+    assert Path(proc).read_text() == before
+    _no_leftovers(runtime, cid)
+
+
+def test_setting_in_a_joined_namespace_that_is_the_runtimes_own_is_refused(
+        runtime: Runtime) -> None:
+    before = socket.gethostname()
+
+    def edit(spec: dict) -> None:
+        spec["hostname"] = "not-the-host"
+        for n in spec["linux"]["namespaces"]:
+            if n["type"] == "uts":
+                n["path"] = "/proc/self/ns/uts"
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=edit)), cid)
+    assert r.returncode != 0
+    assert b"is the runtime's own" in r.stderr, r.stderr
+    assert socket.gethostname() == before
+    _no_leftovers(runtime, cid)
+
+
+def test_hostname_is_set_in_a_joined_uts_namespace(runtime: Runtime) -> None:
+    owner = runtime.create(runtime.bundle())
+    owner_pid = runtime.pid(owner)
+
+    def edit(spec: dict) -> None:
+        spec["hostname"] = "joined-name"
+        for n in spec["linux"]["namespaces"]:
+            if n["type"] == "uts":
+                n["path"] = f"/proc/{owner_pid}/ns/uts"
+    runtime.create(runtime.bundle(edit=edit))
+    r = runtime("exec", owner, "cat", "/proc/sys/kernel/hostname")
+    assert r.stdout.strip() == b"joined-name", r.stderr
+    assert json.loads(json.dumps(socket.gethostname())) != "joined-name"
