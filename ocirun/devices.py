@@ -7,7 +7,7 @@ import stat
 
 from ocirun import sys as ksys
 from ocirun.errors import OciError
-from ocirun.rootfs import secure_join
+from ocirun.rootfs import make_target, resolve_dir
 from ocirun.spec import Device, Spec
 
 DEFAULT_DEVICES = (
@@ -45,14 +45,23 @@ def _describe(mode: int, rdev: int) -> str:
     return kind
 
 
-def check_existing(root: str, dev: Device, bind: bool, where: str) -> None:
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return parent or "/", name
+
+
+def check_existing(root_fd: int, dev: Device, bind: bool, where: str) -> None:
     """config-linux.md#devices: "If a file already exists at path that does not match the
     requested device, the runtime MUST generate an error."  A match is a node of the same
     type and numbers; when binding (user namespace) also an empty regular file, the
     mount point a bind leaves behind in the rootfs."""
-    path = secure_join(root, dev.path)
+    parent_path, name = _split(dev.path)
     try:
-        st = os.lstat(path)
+        parent = resolve_dir(root_fd, parent_path, create=False)
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
     except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as e:
@@ -69,46 +78,73 @@ def check_existing(root: str, dev: Device, bind: bool, where: str) -> None:
                    f"{_describe(st.st_mode, st.st_rdev)}, not the requested {wanted}")
 
 
-def _create(root: str, dev: Device, bind: bool) -> None:
-    path = secure_join(root, dev.path)
-    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+def _create(root_fd: int, dev: Device, bind: bool) -> None:
     if bind:
         # mknod is refused in a user namespace: bind the host's node instead.
-        if not os.path.lexists(path):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        ksys.mount(dev.path, path, None, ksys.MS_BIND)
+        target = make_target(root_fd, dev.path, like_dir=False)
+        try:
+            ksys.mount(dev.path, target.path, None, ksys.MS_BIND)
+        finally:
+            target.close()
         return
-    if os.path.lexists(path):
-        os.unlink(path)
-    mode = dev.file_mode if dev.file_mode is not None else 0o666
-    os.mknod(path, mode | _TYPE_BITS[dev.type], os.makedev(dev.major or 0, dev.minor or 0))
-    os.chmod(path, mode)  # mknod is subject to the umask
-    os.chown(path, dev.uid or 0, dev.gid or 0)
+    parent_path, name = _split(dev.path)
+    parent = resolve_dir(root_fd, parent_path)
+    try:
+        try:
+            os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        mode = dev.file_mode if dev.file_mode is not None else 0o666
+        old_umask = os.umask(0)  # the mode exactly, with no chmod by name afterwards
+        try:
+            os.mknod(name, mode | _TYPE_BITS[dev.type],
+                     os.makedev(dev.major or 0, dev.minor or 0), dir_fd=parent)
+        finally:
+            os.umask(old_umask)
+        os.chown(name, dev.uid or 0, dev.gid or 0, dir_fd=parent, follow_symlinks=False)
+    finally:
+        os.close(parent)
 
 
-def create_devices(spec: Spec, in_userns: bool) -> None:
-    assert spec.root is not None
-    root = spec.root.path
+def _symlink(root_fd: int, target: str, link: str, replace: bool = False) -> None:
+    parent_path, name = _split(link)
+    try:
+        parent = resolve_dir(root_fd, parent_path, create=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        if replace:
+            try:
+                os.unlink(name, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+        try:
+            os.symlink(target, name, dir_fd=parent)
+        except FileExistsError:
+            pass
+    finally:
+        os.close(parent)
+
+
+def create_devices(spec: Spec, in_userns: bool, root_fd: int) -> None:
     wanted: list[Device] = []
     if not dev_is_bound_from_host(spec):
         wanted.extend(DEFAULT_DEVICES)
     listed = {d.path for d in spec.linux.devices}
     wanted = [d for d in wanted if d.path not in listed] + list(spec.linux.devices)
     for i, dev in enumerate(spec.linux.devices):
-        check_existing(root, dev, in_userns, f"linux.devices[{i}]")
+        check_existing(root_fd, dev, in_userns, f"linux.devices[{i}]")
     for dev in wanted:
         try:
-            _create(root, dev, in_userns)
+            _create(root_fd, dev, in_userns)
         except OSError as e:
             raise OciError(f"creating device {dev.path}: {os.strerror(e.errno).lower()}") from None
     if dev_is_bound_from_host(spec):
         return
     for target, link in _SYMLINKS:
-        path = secure_join(root, link)
-        if not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
-            os.symlink(target, path)
-    ptmx = secure_join(root, "/dev/ptmx")
-    if os.path.isdir(secure_join(root, "/dev/pts")):
-        if os.path.lexists(ptmx):
-            os.unlink(ptmx)
-        os.symlink("pts/ptmx", ptmx)
+        _symlink(root_fd, target, link)
+    try:
+        os.close(resolve_dir(root_fd, "/dev/pts", create=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    _symlink(root_fd, "pts/ptmx", "/dev/ptmx", replace=True)

@@ -78,16 +78,18 @@ def _parse_user(raw: str) -> tuple[int, int | None]:
 
 
 def _read_process_file(path: str) -> Process:
-    try:
-        if path == "-":
+    from ocirun.spec import read_config_bytes
+    if path == "-":
+        try:
             data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as e:
-        raise OciError(f"--process {path}: {(e.strerror or str(e)).lower()}") from None
+        except OSError as e:
+            raise OciError(f"--process -: {(e.strerror or str(e)).lower()}") from None
+    else:
+        data = read_config_bytes(path, f"--process {path}")
     try:
         return parse_process(jsonio.loads(data))
+    except RecursionError:
+        raise OciError(f"--process {path}: invalid JSON: nested too deep") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise OciError(f"--process {path}: invalid JSON: {e}") from None
 

@@ -72,10 +72,13 @@ def _wait(pid: int, timeout: int | None) -> int | None:
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        if not poller.poll(timeout * 1000):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
+        import time
+        deadline = time.monotonic() + timeout
+        while not poller.poll(min(max(deadline - time.monotonic(), 0) * 1000, 2**31 - 1)):
+            if time.monotonic() >= deadline:  # any timeout: poll takes an int of ms
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
     finally:
         os.close(pidfd)
     return os.waitpid(pid, 0)[1]

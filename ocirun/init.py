@@ -212,9 +212,16 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     new_rootfs = mount_ns is not None and mount_ns.path is None
     if new_rootfs:
         rootfs.prepare_root(spec)
-        rootfs.mount_all(spec, cfg.bundle)
-        devices.create_devices(spec, in_userns)
-        os.makedirs(rootfs.secure_join(spec.root.path, process.cwd), 0o755, exist_ok=True)
+        root_fd = rootfs.open_root(spec.root.path)  # after the bind onto itself
+        try:
+            rootfs.mount_all(spec, cfg.bundle, root_fd)
+            devices.create_devices(spec, in_userns, root_fd)
+            try:
+                os.close(rootfs.resolve_dir(root_fd, process.cwd))
+            except OSError as e:
+                raise _cwd_error(process.cwd, e) from None
+        finally:
+            os.close(root_fd)
     if spec.hostname is not None:
         import _socket
         _socket.sethostname(spec.hostname)
@@ -338,6 +345,12 @@ def prepare_process(ch: Channel | None, process: Any, seccomp: Any, in_userns: b
     caps.apply(process, setgroups_allowed=_setgroups_allowed(in_userns))
 
 
+def _cwd_error(cwd: str, e: OSError) -> OciError:
+    why = ("it leads through a magic link (/proc/.../fd, cwd, root)"
+           if e.errno == errno.ELOOP else os.strerror(e.errno).lower())
+    return OciError(f"chdir to cwd ({cwd!r}) set in config.json failed: {why}")
+
+
 def enter_cwd(cwd: str) -> None:
     """chdir to the process's cwd, resolved inside the container's root: symlinks are
     followed as if the root were "/", and magic links (/proc/self/fd/N, /proc/1/cwd),
@@ -362,10 +375,7 @@ def enter_cwd(cwd: str) -> None:
             else:
                 e = None  # type: ignore[assignment]
         if e is not None:
-            why = ("it leads through a magic link (/proc/.../fd, cwd, root)"
-                   if e.errno == errno.ELOOP else os.strerror(e.errno).lower())
-            raise OciError(f"chdir to cwd ({cwd!r}) set in config.json failed: "
-                           f"{why}") from None
+            raise _cwd_error(cwd, e) from None
     try:
         os.getcwd()  # the kernel names a directory outside our root "(unreachable)"
     except FileNotFoundError:
@@ -450,7 +460,8 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
     assert process is not None
     fifo = -1
     try:
-        os.umask(process.user.umask if process.user.umask is not None else 0o022)
+        # The kernel keeps only the permission bits of a umask (a uint32 in the spec).
+        os.umask(process.user.umask & 0o777 if process.user.umask is not None else 0o022)
         # The waiting init is charged to the container's memory cgroup: give back
         # what the setup freed before blocking (possibly for a long time) on the fifo.
         ksys.malloc_trim()

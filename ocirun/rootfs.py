@@ -2,15 +2,16 @@
 
 Order: propagation of / -> rootfs bound onto itself -> config mounts -> devices and
 /dev symlinks -> (createContainer hooks) -> pivot_root -> masked and readonly paths ->
-read-only root.  Destinations are resolved inside the rootfs, so a symlink there can
-never send a mount to the host.
+read-only root.  Before pivot_root every path inside the rootfs is resolved beneath an
+fd of it (openat2 RESOLVE_IN_ROOT), held as an fd, and mounted or created through that
+fd: a symlink swapped in at any moment can neither send a mount to the host nor
+create anything outside the rootfs.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 
 from ocirun import mountopts
 from ocirun import sys as ksys
@@ -23,51 +24,121 @@ _STATVFS_LOCKED = {  # statvfs f_flag bit -> the mount flag the kernel keeps loc
 }
 
 
-def secure_join(root: str, unsafe: str) -> str:
-    """root + unsafe, with every symlink in unsafe resolved as if root were '/'."""
-    current = ""
-    pending = [p for p in unsafe.split("/") if p]
-    followed = 0
-    while pending:
-        part = pending.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            current = os.path.dirname(current) if current else ""
-            continue
-        candidate = f"{current}/{part}"
-        try:
-            st = os.lstat(root + candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            current = candidate
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            current = candidate
-            continue
-        followed += 1
-        if followed > 255:
-            raise OciError(f"{unsafe}: too many levels of symbolic links")
-        target = os.readlink(root + candidate)
-        if target.startswith("/"):
-            current = ""
-        pending = [p for p in target.split("/") if p] + pending
-    return root + (current or "/") if current else root
+_IN_ROOT = ksys.RESOLVE_IN_ROOT | ksys.RESOLVE_NO_MAGICLINKS
 
 
-def _mkdir_in(root: str, path: str) -> str:
-    """Create path (a directory) inside root; returns the host path."""
-    full = secure_join(root, path)
-    os.makedirs(full, 0o755, exist_ok=True)
-    return full
+def open_root(root: str) -> int:
+    """O_PATH fd of the rootfs: every path of the config is resolved beneath it."""
+    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _make_target(full: str, like_dir: bool) -> None:
-    if like_dir:
-        os.makedirs(full, 0o755, exist_ok=True)
-        return
-    os.makedirs(os.path.dirname(full), 0o755, exist_ok=True)
-    if not os.path.lexists(full):
-        os.close(os.open(full, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p and p != "."]
+
+
+def resolve(root_fd: int, path: str, flags: int = 0) -> int:
+    """O_PATH fd of `path` inside the rootfs: symlinks are followed as if the rootfs
+    were "/", magic links are refused, so nothing resolves outside it however the
+    rootfs changes meanwhile."""
+    return ksys.openat2(root_fd, "/".join(_parts(path)) or ".", os.O_PATH | flags, _IN_ROOT)
+
+
+def resolve_dir(root_fd: int, path: str, create: bool = True, _links: int = 0) -> int:
+    """O_PATH fd of directory `path` inside the rootfs, missing components created
+    one by one in the directory the previous one resolved to (never by a path that
+    a swapped symlink could redirect); a dangling symlink gets its target created,
+    inside the rootfs, as runc does."""
+    try:
+        return resolve(root_fd, path, os.O_DIRECTORY)
+    except FileNotFoundError:
+        if not create:
+            raise
+    done: list[str] = []
+    fd = os.dup(root_fd)
+    try:
+        for part in _parts(path):
+            done.append(part)
+            try:
+                step = resolve(root_fd, "/".join(done), os.O_DIRECTORY)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    if _links >= 40:
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path) from None
+                    link = os.readlink(part, dir_fd=fd)  # EINVAL: not a symlink
+                    base = "" if link.startswith("/") else "/".join(done[:-1])
+                    os.close(resolve_dir(root_fd, f"{base}/{link}", True, _links + 1))
+                step = resolve(root_fd, "/".join(done), os.O_DIRECTORY)
+            os.close(fd)
+            fd = step
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _mnt_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return -1
+
+
+class Target:
+    """A mount destination inside the rootfs, held by an O_PATH fd from the moment it
+    is resolved: mounts go to /proc/self/fd/N, the object itself, not to a path."""
+
+    def __init__(self, root_fd: int, dest: str, fd: int) -> None:
+        self.root_fd, self.dest, self.fd = root_fd, dest, fd
+        self._reopened = False
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def mounted(self) -> str:
+        """The path of the mount just made here (the fd still names what lies under
+        it): resolved again, and refused unless it is a new mount."""
+        if not self._reopened:
+            fd = resolve(self.root_fd, self.dest)
+            if _mnt_id(fd) == _mnt_id(self.fd):
+                os.close(fd)
+                raise OciError(f"mount to {self.dest}: the destination changed while it "
+                               "was mounted")
+            os.close(self.fd)
+            self.fd, self._reopened = fd, True
+        return self.path
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def make_target(root_fd: int, dest: str, like_dir: bool) -> Target:
+    """Resolve `dest` inside the rootfs, creating it (a directory, or an empty file for
+    a file bind) and its parents where missing."""
+    try:
+        return Target(root_fd, dest, resolve(root_fd, dest))
+    except FileNotFoundError:
+        pass
+    parts = _parts(dest)
+    parent = resolve_dir(root_fd, "/".join(parts[:-1]))
+    try:
+        if like_dir:
+            try:
+                os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            except FileExistsError:
+                pass
+        else:
+            try:
+                os.close(os.open(parts[-1], os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW |
+                                 os.O_CLOEXEC, 0o644, dir_fd=parent))
+            except FileExistsError:
+                pass
+    finally:
+        os.close(parent)
+    return Target(root_fd, dest, resolve(root_fd, dest))
 
 
 def _locked_flags(path: str) -> int:
@@ -100,61 +171,68 @@ def _mount_error(m: Mount, e: OSError) -> OciError:
                     f"{os.strerror(e.errno).lower() if e.errno else e}")
 
 
-def mount_one(root: str, bundle: str, m: Mount) -> None:
+def mount_one(root_fd: int, bundle: str, m: Mount) -> None:
     opts = mountopts.parse(m.options)
-    dest = secure_join(root, m.destination if m.destination.startswith("/")
-                       else "/" + m.destination)
     try:
         if m.type == "bind" or opts.is_bind:
             source = m.source or ""
             if not source.startswith("/"):
                 source = os.path.join(bundle, source)
-            _make_target(dest, os.path.isdir(source))
-            ksys.mount(source, dest, None, ksys.MS_BIND | (opts.flags & ksys.MS_REC))
-            if opts.flags & ~(ksys.MS_BIND | ksys.MS_REC):
-                remount_bind(dest, opts.flags)
-        elif m.type == "cgroup":
-            _make_target(dest, True)
-            _mount_cgroup(dest, opts.flags)
+            target = make_target(root_fd, m.destination, os.path.isdir(source))
         else:
-            _make_target(dest, True)
-            if m.type == "tmpfs" and "tmpcopyup" in opts.extensions:
-                _mount_tmpfs_copyup(m, dest, opts)
-            elif m.type == "sysfs":
-                _mount_sysfs(m, dest, opts)
-            else:
-                ksys.mount(m.source or m.type, dest, m.type, opts.flags, opts.data or None)
-        _set_propagation(dest, opts.propagation)
+            target = make_target(root_fd, m.destination, True)
     except OSError as e:
         raise _mount_error(m, e) from None
+    try:
+        if m.type == "bind" or opts.is_bind:
+            ksys.mount(source, target.path, None, ksys.MS_BIND | (opts.flags & ksys.MS_REC))
+            if opts.flags & ~(ksys.MS_BIND | ksys.MS_REC):
+                remount_bind(target.mounted(), opts.flags)
+        elif m.type == "cgroup":
+            _mount_cgroup(target, opts.flags)
+        elif m.type == "tmpfs" and "tmpcopyup" in opts.extensions:
+            _mount_tmpfs_copyup(target, opts)
+        elif m.type == "sysfs":
+            _mount_sysfs(m, target, opts)
+        else:
+            ksys.mount(m.source or m.type, target.path, m.type, opts.flags, opts.data or None)
+        if opts.propagation:
+            _set_propagation(target.mounted(), opts.propagation)
+    except OSError as e:
+        raise _mount_error(m, e) from None
+    finally:
+        target.close()
 
 
-def _mount_sysfs(m: Mount, dest: str, opts: mountopts.MountOptions) -> None:
+def _mount_sysfs(m: Mount, target: Target, opts: mountopts.MountOptions) -> None:
     """sysfs wants a network namespace owned by our user namespace; in a user
     namespace without one (rootless) the kernel refuses, and, as runc does, the
     runtime's /sys is bound instead."""
     try:
-        ksys.mount(m.source or "sysfs", dest, "sysfs", opts.flags, opts.data or None)
+        ksys.mount(m.source or "sysfs", target.path, "sysfs", opts.flags, opts.data or None)
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EBUSY):
             raise
-        ksys.mount("/sys", dest, None, ksys.MS_BIND | ksys.MS_REC)
+        ksys.mount("/sys", target.path, None, ksys.MS_BIND | ksys.MS_REC)
         if opts.flags:
-            remount_bind(dest, opts.flags)
+            remount_bind(target.mounted(), opts.flags)
 
 
-def _mount_tmpfs_copyup(m: Mount, dest: str, opts: mountopts.MountOptions) -> None:
+def _mount_tmpfs_copyup(target: Target, opts: mountopts.MountOptions) -> None:
+    """A tmpfs holding a copy of what the directory had: the fd taken before the
+    mount still reads the directory underneath."""
     import shutil
-    staging = f"{dest}.ocirun-copyup"
-    os.makedirs(staging, 0o700)
+    under = os.open(target.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        ksys.mount("tmpfs", staging, "tmpfs", opts.flags & ~ksys.MS_RDONLY, opts.data or None)
-        shutil.copytree(dest, staging, symlinks=True, dirs_exist_ok=True)
-        ksys.mount(staging, dest, None, ksys.MS_MOVE)
-        if opts.flags & ksys.MS_RDONLY:
-            ksys.mount(None, dest, None, ksys.MS_REMOUNT | opts.flags)
+        ksys.mount("tmpfs", target.path, "tmpfs", opts.flags & ~ksys.MS_RDONLY,
+                   opts.data or None)
+        shutil.copytree(f"/proc/self/fd/{under}", target.mounted(), symlinks=True,
+                        dirs_exist_ok=True)
     finally:
-        os.rmdir(staging)
+        os.close(under)
+    if opts.flags & ksys.MS_RDONLY:
+        ksys.mount(None, target.mounted(), None, ksys.MS_REMOUNT | opts.flags,
+                   opts.data or None)
 
 
 def _host_cgroup_mounts() -> list[tuple[str, str, str, str]]:
@@ -172,7 +250,7 @@ def _own_cgroup_paths() -> dict[str, str]:
     return detect.proc_cgroups()
 
 
-def _mount_cgroup(dest: str, flags: int) -> None:
+def _mount_cgroup(target: Target, flags: int) -> None:
     """Mount the container's own cgroup(s) at dest: cgroup2 directly, v1 (and hybrid)
     as a tmpfs of per-hierarchy mounts named as on the host, with the host's symlinks
     (cpu -> cpu,cpuacct).  In a cgroup namespace (the init joined its cgroup before
@@ -192,13 +270,14 @@ def _mount_cgroup(dest: str, flags: int) -> None:
     for mount_point, fstype, key, root in mounts:
         if mount_point == base and fstype == "cgroup2":  # unified
             if in_cgroupns:
-                ksys.mount("cgroup2", dest, "cgroup2", flags)
+                ksys.mount("cgroup2", target.path, "cgroup2", flags)
             else:
-                ksys.mount(own_dir(mount_point, key, root), dest, None,
+                ksys.mount(own_dir(mount_point, key, root), target.path, None,
                            ksys.MS_BIND | ksys.MS_REC)
-                remount_bind(dest, flags)
+                remount_bind(target.mounted(), flags)
             return
-    ksys.mount("tmpfs", dest, "tmpfs", flags & ~ksys.MS_RDONLY, "mode=755")
+    ksys.mount("tmpfs", target.path, "tmpfs", flags & ~ksys.MS_RDONLY, "mode=755")
+    dest = target.mounted()  # our own fresh tmpfs from here on
     for mount_point, fstype, key, root in mounts:
         if os.path.dirname(mount_point) != base:
             continue  # only the standard layout is reproduced
@@ -248,10 +327,9 @@ def _make_parent_mount_private(path: str) -> None:
         ksys.mount(None, best, None, ksys.MS_PRIVATE)
 
 
-def mount_all(spec: Spec, bundle: str) -> None:
-    assert spec.root is not None
+def mount_all(spec: Spec, bundle: str, root_fd: int) -> None:
     for m in spec.mounts:
-        mount_one(spec.root.path, bundle, m)
+        mount_one(root_fd, bundle, m)
 
 
 def pivot(root: str, no_pivot: bool) -> None:

@@ -337,7 +337,25 @@ def _obj(value: Any, path: str) -> dict[str, Any]:
 
 
 def _string(value: Any, path: str) -> str:
-    return _expect(value, str, path, "a string")
+    _expect(value, str, path, "a string")
+    _check_text(value, path)
+    return value
+
+
+MAX_STRING = 1 << 20  # 1 MiB: no path, argument or label of a config comes near it
+
+
+def _check_text(value: str, path: str) -> None:
+    """What the kernel and libc could not take: a NUL ends a C string early, a lone
+    surrogate (JSON's \\ud800) has no UTF-8 form."""
+    if len(value) > MAX_STRING:
+        raise ConfigError(path, f"is longer than {MAX_STRING} characters")
+    if "\x00" in value:
+        raise ConfigError(path, "contains a NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(path, "is not valid Unicode text (a lone surrogate)") from None
 
 
 def _bool(value: Any, path: str) -> bool:
@@ -365,7 +383,11 @@ def _strings(value: Any, path: str) -> tuple[str, ...]:
 
 
 def _str_map(value: Any, path: str) -> dict[str, str]:
-    return {k: _string(v, f"{path}.{k}") for k, v in _obj(value, path).items()}
+    out = {}
+    for k, v in _obj(value, path).items():
+        _check_text(k, f"{path}.{k!r}")
+        out[k] = _string(v, f"{path}.{k}")
+    return out
 
 
 def _enum(value: Any, path: str, allowed: tuple[str, ...]) -> str:
@@ -535,8 +557,8 @@ def _device(v: Any, p: str) -> Device:
             if not f.has(key):
                 raise ConfigError(f.at(key), f"is required for device type {dev_type!r}")
     return Device(type=dev_type, path=f.req("path", _abs_path),
-                  major=f.opt("major", lambda x, q: _int(x, q, 0)),
-                  minor=f.opt("minor", lambda x, q: _int(x, q, 0)),
+                  major=f.opt("major", _uint32),
+                  minor=f.opt("minor", _uint32),
                   file_mode=f.opt("fileMode", lambda x, q: _int(x, q, 0, 0o777)),
                   uid=f.opt("uid", _uint32), gid=f.opt("gid", _uint32))
 
@@ -911,6 +933,49 @@ def parse_resources(data: Any) -> Resources:
     return _resources(data, "resources")
 
 
+MAX_CONFIG_BYTES = 16 << 20  # an engine's config with a seccomp profile is ~100 KiB
+
+
+def read_config_bytes(path: str, what: str) -> bytes:
+    """The bytes of a config file: a regular file (a FIFO or a device would hang or
+    never end) of at most MAX_CONFIG_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise OciError(f"{what}: {(e.strerror or str(e)).lower()}") from None
+    try:
+        import stat
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OciError(f"{what}: not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise OciError(f"{what}: {st.st_size} bytes, more than the "
+                           f"{MAX_CONFIG_BYTES >> 20} MiB a config may have")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:  # grew while we read
+                raise OciError(f"{what}: more than {MAX_CONFIG_BYTES >> 20} MiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise OciError(f"{what}: {(e.strerror or str(e)).lower()}") from None
+    finally:
+        os.close(fd)
+
+
+def decode_config(raw: bytes) -> Any:
+    """config.json decoded; nesting is bounded by the interpreter's recursion limit
+    (the C scanner checks it at every level), and too deep is a config error."""
+    try:
+        return jsonio.loads(raw)
+    except RecursionError:
+        raise OciError("config.json: invalid JSON: nested too deep") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OciError(f"config.json: invalid JSON: {e}") from None
+
+
 def load_spec(bundle: str, require_process: bool = True) -> Spec:
     """Read and parse <bundle>/config.json."""
     return read_spec(bundle, require_process)[0]
@@ -919,17 +984,8 @@ def load_spec(bundle: str, require_process: bool = True) -> Spec:
 def read_spec(bundle: str, require_process: bool = True) -> tuple[Spec, bytes]:
     """The parsed <bundle>/config.json and the bytes it was parsed from."""
     path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise OciError(f"bundle {bundle}: config.json: no such file or directory") from None
-    except OSError as e:
-        raise OciError(f"bundle {bundle}: config.json: {e.strerror.lower()}") from None
-    try:
-        data = jsonio.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OciError(f"config.json: invalid JSON: {e}") from None
+    raw = read_config_bytes(path, f"bundle {bundle}: config.json")
+    data = decode_config(raw)
     spec = parse_spec(data, bundle)
     if require_process and spec.process is None:
         raise ConfigError("process", "is required to create a container")

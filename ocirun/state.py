@@ -31,6 +31,7 @@ EXEC_FIFO = "exec.fifo"
 FIFO_RELEASED, FIFO_EXECUTING, FIFO_ERROR = b"0", b"1", b"E"
 
 _ID_PUNCTUATION = frozenset("_+.-")
+MAX_ID_LENGTH = 255  # the state directory's name (NAME_MAX)
 
 
 def default_root() -> str:
@@ -42,6 +43,8 @@ def default_root() -> str:
 def check_id(container_id: str) -> str:
     if not container_id:
         raise OciError("container id cannot be empty")
+    if len(container_id) > MAX_ID_LENGTH:
+        raise OciError(f"invalid container id: longer than {MAX_ID_LENGTH} characters")
     if container_id in (".", "..") or not all(
             c.isalnum() or c in _ID_PUNCTUATION for c in container_id):
         raise OciError(f"invalid container id {container_id!r}: only letters, digits, "

@@ -255,7 +255,8 @@ def test_pause_unpause(podman: Podman, rt: str, name: str) -> None:
 
 @params
 def test_pid_host(podman: Podman, rt: str) -> None:
-    r = podman(rt, "run", "--rm", "--pid", "host", IMAGE, "sh", "-c", "echo $$; ls /proc")
+    r = podman(rt, "run", "--rm", "--pid", "host", IMAGE, "sh", "-c",
+               "echo $$; ls /proc 2>/dev/null; true")  # pids come and go meanwhile
     assert r.returncode == 0, r.stderr
     lines = out(r).split()
     assert int(lines[0]) > 1 and "1" in lines[1:]  # the host's pid 1 is visible

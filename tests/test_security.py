@@ -224,3 +224,65 @@ def test_hostname_is_set_in_a_joined_uts_namespace(runtime: Runtime) -> None:
     r = runtime("exec", owner, "cat", "/proc/sys/kernel/hostname")
     assert r.stdout.strip() == b"joined-name", r.stderr
     assert json.loads(json.dumps(socket.gethostname())) != "joined-name"
+
+
+# ----------------------------------------------------------- mount destinations
+_SWAPPER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = (os.fsencode(p) for p in sys.argv[1:3])
+print("ready", flush=True)
+while True:  # RENAME_EXCHANGE: the directory and the symlink trade places, atomically
+    libc.renameat2(-100, a, -100, b, 2)
+"""
+
+
+def _tmpfs_mounts_of(pid: int, source: str) -> list[str]:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return [line.split()[4] for line in f if f" - tmpfs {source} " in line]
+
+
+def test_mount_destination_swapped_for_a_symlink_stays_in_the_rootfs(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """CVE-2021-30465: while create runs, a directory on the mount destinations' path
+    keeps trading places with a symlink to a host directory.  Every tmpfs must still
+    be mounted inside the container (a mount that landed outside the rootfs is gone
+    after pivot_root), and nothing may be created in the host directory."""
+    host_dir = tmp_path / "host-target"
+    host_dir.mkdir()
+    bundle = runtime.bundle(own_rootfs=True, edit=lambda spec: spec["mounts"].extend(
+        {"destination": f"/race/m{i}", "type": "tmpfs", "source": "race-tmpfs",
+         "options": ["size=64k"]} for i in range(8)))
+    rootfs = bundle / "rootfs"
+    (rootfs / "race").mkdir()
+    (rootfs / "race-alt").symlink_to(host_dir)
+    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(rootfs / "race"),
+                                str(rootfs / "race-alt")], stdout=subprocess.PIPE)
+    try:
+        assert swapper.stdout is not None and swapper.stdout.readline() == b"ready\n"
+        for _ in range(25):
+            cid = runtime.new_id()
+            r = runtime("create", "--bundle", str(bundle), cid)
+            if r.returncode == 0:
+                mounted = _tmpfs_mounts_of(runtime.pid(cid), "race-tmpfs")
+                assert len(mounted) == 8, f"mounts outside the rootfs: {mounted}"
+            else:  # a lost race may fail the create, cleanly and in one line
+                assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert list(host_dir.iterdir()) == [], "created through the symlink"
+            runtime("delete", "--force", cid)
+    finally:
+        swapper.kill()
+        swapper.wait()
+
+
+def test_mount_destination_through_an_absolute_symlink_lands_inside(
+        runtime: Runtime, tmp_path: Path) -> None:
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    bundle = runtime.bundle(own_rootfs=True, edit=lambda spec: spec["mounts"].append(
+        {"destination": "/escape/sub", "type": "tmpfs", "source": "escape-tmpfs"}))
+    (bundle / "rootfs" / "escape").symlink_to(host_dir)
+    cid = runtime.create(bundle)
+    assert _tmpfs_mounts_of(runtime.pid(cid), "escape-tmpfs") == [f"{host_dir}/sub"]
+    assert list(host_dir.iterdir()) == []
+    assert (bundle / "rootfs" / str(host_dir).lstrip("/") / "sub").is_dir()
