@@ -21,6 +21,7 @@ from ocirun import jsonio
 from ocirun import state as st
 from ocirun import sys as ksys
 from ocirun.errors import OciError
+from ocirun.log import one_line
 from ocirun.record import Record
 from ocirun.spec import Spec
 from ocirun.sync import Channel
@@ -32,6 +33,7 @@ class InitConfig(Record):
     spec: Spec
     bundle: str
     exec_fifo_fd: int  # O_PATH fd of the exec fifo itself (never of a directory)
+    lock_fd: int = -1  # the runtime's lock of the container dir: not ours to hold
     no_pivot: bool = False
     preserve_fds: int = 0
     seccomp: Any = None  # ocirun.seccomp.PreparedFilter, compiled before fork
@@ -58,6 +60,8 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 # ------------------------------------------------------------------------- stage 1
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
+        if cfg.lock_fd >= 0:
+            os.close(cfg.lock_fd)  # or `start` would wait for the init to exec
         linux = cfg.spec.linux
         user_ns = linux.namespace("user")
         new_userns = user_ns is not None and user_ns.path is None
@@ -503,7 +507,7 @@ def _fifo_write(fifo: int, data: bytes) -> None:
 
 def _die(msg: str, code: int, fifo: int = -1) -> NoReturn:
     try:
-        os.write(2, f"ocirun: {msg}\n".encode())
+        os.write(2, f"ocirun: {one_line(msg)}\n".encode())
     except OSError:
         pass
     try:

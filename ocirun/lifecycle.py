@@ -213,6 +213,10 @@ def create(root: str, container_id: str, opts: CreateOptions,
     undo = _Undo()
     undo.push(cdir.remove)
     try:
+        # Held until create is done: start and delete of this id wait for it, and if
+        # create is killed the lock goes with it, leaving the records below to clean
+        # up from.
+        cdir.lock()
         with open(cdir.file(st.CONFIG_FILE), "wb") as f:
             f.write(raw_config)  # the config as parsed, for later hooks
         fifo = cdir.file(st.EXEC_FIFO)
@@ -223,7 +227,9 @@ def create(root: str, container_id: str, opts: CreateOptions,
                          created=st.rfc3339_now(), owner="", annotations=spec.annotations,
                          oci_version=spec.oci_version,
                          cgroup=cgroup.to_state() if cgroup is not None else {},
-                         systemd_cgroup=opts.systemd_cgroup, status="creating")
+                         systemd_cgroup=opts.systemd_cgroup, status="creating",
+                         creating=True)
+        cdir.write(state)  # the cgroup to remove
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         undo.push(os.close, fifo_fd)
         console_fd = None
@@ -234,6 +240,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
                 undo.push(console_sock.close)
             console_fd = console_sock.fileno()
         cfg = InitConfig(spec=spec, bundle=bundle, exec_fifo_fd=fifo_fd,
+                         lock_fd=cdir.lock_fd,
                          no_pivot=opts.no_pivot, preserve_fds=opts.preserve_fds,
                          seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
                          session_keyring=None if opts.no_new_keyring else container_id)
@@ -258,22 +265,33 @@ def create(root: str, container_id: str, opts: CreateOptions,
             cgroup.apply(spec.linux.resources)  # before any process of it is inside
             _join_cgroup(cgroup, stage1_pid, spec, rootless)
             state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
+        _write_progress(cdir, state, stage1_pid)  # stage1 to kill
         parent.send("go")
-        _drive_children(parent, spec, state, stage1_pid, undo)
+        _drive_children(parent, spec, state, stage1_pid, undo, cdir)
         parent.close()
         state.pid_start = st.process_start_time(state.pid) or 0
         if not state.pid_start:
             why = _death_of(state.pid, 0.5)
             raise OciError(f"container init exited during create{': ' + why if why else ''}")
         state.status = "created"
+        state.creating = False
         cdir.write(state)
         if opts.pid_file:
             _write_pid_file(opts.pid_file, state.pid)
         os.close(fifo_fd)
+        cdir.unlock()
         return state, spec
     except BaseException:
         undo.run()
         raise
+
+
+def _write_progress(cdir: st.ContainerDir, state: st.State, pid: int) -> None:
+    """Record `pid` (stage1, then the init) as the process a `delete --force` after
+    a killed create must end; the start time keeps a reused pid safe."""
+    record = st.State(**state.to_record())
+    record.pid, record.pid_start = pid, st.process_start_time(pid) or 0
+    cdir.write(record)
 
 
 def _refuse_intel_rdt() -> None:
@@ -365,7 +383,7 @@ def _death_of(pid: int, timeout: float = 2.0) -> str:
 
 
 def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
-                    undo: _Undo) -> None:
+                    undo: _Undo, cdir: st.ContainerDir) -> None:
     """Answer the children's requests until the init reports ready."""
     from ocirun.sync import ChildError
 
@@ -407,6 +425,7 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
         elif kind == "pid":
             state.pid = msg["pid"]
             undo.push(_kill_and_reap, state.pid)
+            _write_progress(cdir, state, state.pid)  # the init to kill
             os.waitpid(stage1_pid, 0)
             undo.drop(_kill_and_reap, stage1_pid)  # reaped: its pid is free for reuse
             phase = "while building the rootfs"
@@ -568,14 +587,66 @@ def delete(root: str, container_id: str, force: bool = False,
         if force:
             return
         raise OciError(f"container {container_id!r} does not exist")
-    with cdir:
-        _delete_locked(cdir, force, stored)
+    try:
+        with cdir:
+            _delete_locked(cdir, force, stored)
+    except st.Gone:
+        if not force:
+            raise  # a concurrent delete won; with --force that is what we wanted
+
+
+def _delete_unrecorded(cdir: st.ContainerDir, why: str) -> None:
+    """`delete --force` without a usable record (create killed before its first write,
+    a garbled or emptied state.json): end what is in the cgroup the stored config
+    names and remove it, unless another container's record claims that cgroup."""
+    log.warn(f"{why}: cleaning up by the cgroup of the stored config.json")
+    try:
+        with open(cdir.file(st.CONFIG_FILE), "rb") as f:
+            linux = jsonio.loads(f.read()).get("linux", {})
+        cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+        if not isinstance(cgroups_path, str):
+            cgroups_path = None
+    except (OSError, ValueError, RecursionError, AttributeError):
+        cgroups_path = None
+    from ocirun.cgroups import manager_for
+    try:
+        cgroup = manager_for(cgroups_path, cdir.id)
+    except OciError:
+        cgroup = None
+    if cgroup is not None:
+        leaves = set(cgroup.to_state().get("paths", {}).values())
+        claimed = any(leaves & set(other.cgroup.get("paths", {}).values())
+                      for other in st.list_containers(cdir.root) if other.id != cdir.id)
+        if not claimed and any(os.path.isdir(d) for d in leaves):
+            cgroup.kill_all(signal.SIGKILL)
+            cgroup.thaw()
+            deadline = time.monotonic() + 5
+            while cgroup.pids() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for leaf in leaves:
+                try:
+                    os.rmdir(leaf)
+                except OSError:
+                    pass
+    cdir.remove()
 
 
 def _delete_locked(cdir: st.ContainerDir, force: bool,
                    stored: tuple[Hooks, bool] | None = None) -> None:
     container_id = cdir.id
-    state = st.load(cdir)
+    try:
+        state = st.load(cdir)
+    except st.Gone:
+        raise
+    except OciError as e:
+        if not force:
+            raise
+        _delete_unrecorded(cdir, e.message)
+        return
+    if force and not state.pid and not state.creating:
+        # No record at all, and we hold the lock: its create was killed early.
+        _delete_unrecorded(cdir, f"container {container_id}: no state record")
+        return
     if state.status in ("running", "paused") and not force:
         raise OciError(f"cannot delete container {container_id} that is not stopped "
                        f"(status {state.status}); use --force")
@@ -588,7 +659,7 @@ def _delete_locked(cdir: st.ContainerDir, force: bool,
         from ocirun.cgroups import manager_from_state
         # Left in place while another container sharing the cgroupsPath still uses it.
         manager_from_state(state.cgroup).destroy()
-    if hooks is not None and hooks.poststop:
+    if hooks is not None and hooks.poststop and not state.creating:
         from ocirun.hooks import run_hooks_warn
         state.status = "stopped"
         run_hooks_warn(hooks.poststop, state.hook_state(), "poststop", log.warn)

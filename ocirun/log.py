@@ -22,6 +22,15 @@ def configure(path: str | None, fmt: str, debug: bool) -> None:
     _path, _json, _debug = path, fmt == "json", debug
 
 
+def one_line(msg: str) -> str:
+    """`msg` with every character that could break or fake a line (newlines, NEL,
+    terminal controls, lone surrogates from a config's strings) written as an escape."""
+    if msg.isprintable():
+        return msg
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in msg)
+
+
 def _now() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + \
@@ -30,6 +39,7 @@ def _now() -> str:
 
 
 def _write(level: str, msg: str) -> None:
+    msg = one_line(msg)
     if _json:
         line = jsonio.dumps({"level": level, "msg": msg, "time": _now()})
     else:
@@ -47,14 +57,14 @@ def _write(level: str, msg: str) -> None:
 def error(msg: str) -> None:
     if _path:
         _write("error", msg)
-    print(f"ocirun: {msg}", file=sys.stderr)
+    print(f"ocirun: {one_line(msg)}", file=sys.stderr)
 
 
 def warn(msg: str) -> None:
     if _path:
         _write("warning", msg)
     else:
-        print(f"ocirun: warning: {msg}", file=sys.stderr)
+        print(f"ocirun: warning: {one_line(msg)}", file=sys.stderr)
 
 
 def debug(msg: str) -> None:
@@ -62,4 +72,4 @@ def debug(msg: str) -> None:
         if _path:
             _write("debug", msg)
         else:
-            print(f"ocirun: debug: {msg}", file=sys.stderr)
+            print(f"ocirun: debug: {one_line(msg)}", file=sys.stderr)

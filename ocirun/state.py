@@ -69,12 +69,17 @@ class State:
     """The stored record of one container; `status` is filled in from the live system."""
 
     FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start", "created", "owner",
-              "annotations", "oci_version", "cgroup", "systemd_cgroup")
+              "annotations", "oci_version", "cgroup", "systemd_cgroup", "creating")
+    # The type each stored field must have: anything else is a corrupt record.
+    TYPES = {"id": str, "bundle": str, "rootfs": str, "pid": int, "pid_start": int,
+             "created": str, "owner": str, "annotations": dict, "oci_version": str,
+             "cgroup": dict, "systemd_cgroup": bool, "creating": bool}
 
     def __init__(self, id: str, bundle: str, rootfs: str, pid: int = 0, pid_start: int = 0,
                  created: str = "", owner: str = "", annotations: dict[str, str] | None = None,
                  oci_version: str = "", cgroup: dict[str, Any] | None = None,
-                 systemd_cgroup: bool = False, status: str = "creating") -> None:
+                 systemd_cgroup: bool = False, status: str = "creating",
+                 creating: bool = False) -> None:
         self.id = id
         self.bundle = bundle
         self.rootfs = rootfs
@@ -86,6 +91,9 @@ class State:
         self.oci_version = oci_version
         self.cgroup = cgroup if cgroup is not None else {}
         self.systemd_cgroup = systemd_cgroup
+        # True in the records create writes before each step (so that `delete --force`
+        # finds what a create killed midway left: its cgroup, stage1 or the init).
+        self.creating = creating
         self.status = status  # derived by derive_status, never trusted from disk
 
     def to_record(self) -> dict[str, Any]:
@@ -138,10 +146,23 @@ class ContainerDir:
         self.unlock()
 
     def lock(self) -> None:
+        """Take the container's lock (held by create until it is done, by start and
+        delete).  A directory removed while we waited (a concurrent delete) means the
+        container no longer exists."""
         if self._lock_fd is None:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise Gone(f"container {self.id!r} does not exist") from None
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:
+                os.close(fd)
+                raise Gone(f"container {self.id!r} does not exist")
             self._lock_fd = fd
+
+    @property
+    def lock_fd(self) -> int:
+        return -1 if self._lock_fd is None else self._lock_fd
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -162,16 +183,32 @@ class ContainerDir:
                 data = jsonio.loads(f.read())
         except FileNotFoundError:
             return None
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise OciError(f"container {self.id}: corrupt state file: {e}") from None
+        if not isinstance(data, dict):
+            raise OciError(f"container {self.id}: corrupt state file: not an object")
         data.pop("status", None)
+        for key, value in data.items():
+            kind = State.TYPES.get(key)
+            if kind is None or type(value) is not kind or (kind is int and value < 0):
+                raise OciError(f"container {self.id}: corrupt state file: field {key!r}")
+        if data.get("id", self.id) != self.id:
+            raise OciError(f"container {self.id}: corrupt state file: it names "
+                           f"{data['id']!r}")
         return State(**data)
 
     def remove(self) -> None:
         for name in os.listdir(self.path):
-            os.unlink(self.file(name))
+            try:
+                os.unlink(self.file(name))
+            except FileNotFoundError:
+                pass
         os.rmdir(self.path)
         self.unlock()
+
+
+class Gone(OciError):
+    """The container's directory is not there (any more)."""
 
 
 def open_container(root: str, container_id: str) -> ContainerDir:
@@ -182,7 +219,7 @@ def open_container(root: str, container_id: str) -> ContainerDir:
 
 
 def derive_status(cdir: ContainerDir, state: State | None) -> str:
-    if state is None:
+    if state is None or state.creating:
         return "creating"
     if not state.pid or process_start_time(state.pid) != state.pid_start:
         return "stopped"
@@ -204,7 +241,7 @@ def load(cdir: ContainerDir) -> State:
     state = cdir.read()
     if state is None:
         state = State(id=cdir.id, bundle="", rootfs="")
-    state.status = derive_status(cdir, state if state.pid else None)
+    state.status = derive_status(cdir, state if state.pid or state.creating else None)
     return state
 
 

@@ -8,6 +8,7 @@ parent never runs hooks, or records a container, with pid 0.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import pytest
@@ -40,26 +41,36 @@ def _exited_child() -> int:
     return pid
 
 
-def _drive(messages: list[dict[str, Any]]) -> tuple[st.State, ScriptedChannel]:
+def _drive(messages: list[dict[str, Any]],
+           records: list[st.State] | None = None) -> tuple[st.State, ScriptedChannel]:
     spec = parse_spec(default_spec(), "/bundle")
-    state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs")
+    state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs", creating=True)
     ch = ScriptedChannel(messages)
     stage1 = _exited_child()
     undo = lifecycle._Undo()
-    try:
-        lifecycle._drive_children(ch, spec, state, stage1, undo)  # type: ignore[arg-type]
-    finally:
-        undo.steps.clear()
+    with tempfile.TemporaryDirectory() as root:
+        cdir = st.ContainerDir(root, "c")
+        cdir.make()
         try:
-            os.waitpid(stage1, 0)
-        except ChildProcessError:
-            pass
+            lifecycle._drive_children(ch, spec, state, stage1, undo,  # type: ignore[arg-type]
+                                      cdir)
+        finally:
+            undo.steps.clear()
+            try:
+                os.waitpid(stage1, 0)
+            except ChildProcessError:
+                pass
+            if records is not None and (record := cdir.read()) is not None:
+                records.append(record)
     return state, ch
 
 
 def test_hooks_get_the_state_with_the_init_pid() -> None:
-    state, ch = _drive([{"t": "pid", "pid": 4242}, {"t": "hooks"}, {"t": "ready"}])
+    records: list[st.State] = []
+    state, ch = _drive([{"t": "pid", "pid": 4242}, {"t": "hooks"}, {"t": "ready"}], records)
     assert state.pid == 4242
+    # recorded before anything else happens, for a delete --force after a killed create
+    assert records[0].pid == 4242 and records[0].creating
     assert [m["t"] for m in ch.sent] == ["go"]
     assert '"pid": 4242' in ch.sent[0]["state"]
 
