@@ -212,7 +212,7 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
-        seccomp = sc.prepare(spec.linux.seccomp, os.path.join(root, ".seccomp-cache"))
+        seccomp = sc.prepare(spec.linux.seccomp, sc.cache_dir_for(root))
     cgroup = None
     if state.cgroup:
         from ocirun.cgroups import manager_from_state

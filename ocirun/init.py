@@ -271,10 +271,17 @@ def container_hook_state(state_json: bytes, status: str) -> bytes:
 
 
 def reset_signals() -> None:
-    """Undo what the interpreter changed: CPython ignores SIGPIPE and SIGXFSZ, and an
-    ignored signal stays ignored across execve."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    """Every signal at its default disposition and none blocked: an ignored signal
+    stays ignored across execve, and neither CPython's choices (SIGPIPE, SIGXFSZ) nor
+    the caller's (nohup's SIGHUP, a shell's SIGINT/SIGQUIT for background jobs) are
+    the container's.  runc passes some of the caller's through; the spec is silent."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # the C library's own real-time signals
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

@@ -208,7 +208,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
-        seccomp = sc.prepare(spec.linux.seccomp, os.path.join(root, ".seccomp-cache"))
+        seccomp = sc.prepare(spec.linux.seccomp, sc.cache_dir_for(root))
     cdir.make()
     undo = _Undo()
     undo.push(cdir.remove)

@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from conftest import OCIRUN, Runtime, _env, proc_status
 
 LIST_FDS = ["sh", "-c", "ls /proc/1/fd; env | grep ^LISTEN_ || true"]
@@ -102,11 +104,25 @@ def test_listen_fds_meant_for_another_process_are_ignored(runtime: Runtime) -> N
     assert b"LISTEN_" not in r.stdout
 
 
-def test_container_process_has_default_signal_dispositions(runtime: Runtime) -> None:
-    cid = runtime.create(runtime.bundle(["sleep", "1000"]))
+def _caller_ignoring_and_blocking() -> None:
+    """A caller as nohup or a shell's background job leaves it: SIGHUP, SIGINT and
+    SIGQUIT ignored, SIGUSR1 blocked."""
+    import signal
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+
+
+@pytest.mark.parametrize("caller", ["plain", "nohup-like"])
+def test_container_process_has_default_signal_dispositions(runtime: Runtime,
+                                                           caller: str) -> None:
+    cid = runtime.new_id()
+    kw = {"preexec_fn": _caller_ignoring_and_blocking} if caller != "plain" else {}
+    r = runtime("create", "--bundle", str(runtime.bundle(["sleep", "1000"])), cid, **kw)
+    assert r.returncode == 0, r.stderr
     assert runtime("start", cid).returncode == 0
     status = proc_status(runtime.pid(cid))
-    # CPython ignores SIGPIPE and SIGXFSZ; the container must not inherit that
+    # Neither CPython's SIGPIPE/SIGXFSZ nor the caller's choices reach the container.
     assert int(status["SigIgn"], 16) == 0
     assert int(status["SigBlk"], 16) == 0
 

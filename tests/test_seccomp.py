@@ -750,3 +750,29 @@ def test_features_lists_actions_operators_archs_and_flags() -> None:
     assert {"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"} <= set(f["archs"])
     assert set(f["supportedFlags"]) <= set(f["knownFlags"])
     assert "SECCOMP_FILTER_FLAG_LOG" in f["supportedFlags"]
+
+
+def test_cache_lives_beside_the_state_root_not_in_it(tmp_path: Path) -> None:
+    """Engines (and `runc list`) take every entry of a runtime root for a container."""
+    from ocirun.seccomp import cache_dir_for
+    root = tmp_path / "root"
+    assert cache_dir_for(str(root)) == str(tmp_path / "root.cache" / "seccomp")
+    assert cache_dir_for(str(root) + "/") == cache_dir_for(str(root))
+
+
+def test_cache_keeps_the_most_recently_used_programs(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocirun.seccomp import cache as cache_mod
+    monkeypatch.setattr(cache_mod, "MAX_ENTRIES", 3)
+    cache = str(tmp_path / "c")
+    profiles = [deny_mkdir(errno_ret=n) for n in range(1, 6)]
+    first = prepare(profiles[0], cache)
+    others = [prepare(p, cache) for p in profiles[1:3]]
+    for age, prepared in enumerate([first, *others], 1):  # first is the oldest...
+        os.utime(prepared.cache_path, (age * 100, age * 100))
+    assert prepare(profiles[0], cache).cache_hit  # ...but used again: most recent now
+    for profile in profiles[3:]:
+        prepare(profile, cache)
+    files = os.listdir(cache)
+    assert len(files) == 3
+    assert os.path.basename(first.cache_path) in files

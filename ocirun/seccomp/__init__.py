@@ -17,14 +17,15 @@ in the docker/containers-common format -> spec.Seccomp), ../sys/seccomp (the sys
 
 from __future__ import annotations
 
-from ocirun.seccomp.cache import PreparedFilter, prepare
+from ocirun.seccomp.cache import PreparedFilter, cache_dir_for, prepare
 from ocirun.seccomp.loader import load, warm_up
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["PreparedFilter", "prepare", "warm_up", "load", "send_listener", "features"]
+__all__ = ["PreparedFilter", "cache_dir_for", "prepare", "warm_up", "load", "send_listener",
+           "features"]
 
 
 def __getattr__(name: str) -> Any:

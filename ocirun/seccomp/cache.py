@@ -2,9 +2,13 @@
 
 Engines send the same 300-400 rule profile with every container; compiling it costs tens
 of milliseconds (plus ~26 ms to import pyseccomp), loading the result costs microseconds.
-So the exported BPF program is cached in the runtime's state root, keyed by the SHA-256
-of a canonical form (see cache_key) of the parts of the section that shape the program
-(default action, errno, architectures, rules), the machine and FORMAT_VERSION.  Flags and
+So the exported BPF program is cached beside the runtime's state root (cache_dir_for:
+never inside it, where engines and `runc list` take every entry for a container),
+keyed by the SHA-256 of a canonical form (see cache_key) of the parts of the section
+that shape the program (default action, errno, architectures, rules), the machine,
+FORMAT_VERSION and ocirun's version (two versions sharing a cache never read each
+other's programs).  At most MAX_ENTRIES programs are kept: a hit refreshes the file's
+mtime, and a write evicts the least recently used beyond that.  Flags and
 the listener settings are not in the key: they do not change the program, only how it is
 loaded.  A hit imports neither pyseccomp nor json nor hashlib (the C _sha256 suffices).
 
@@ -40,6 +44,12 @@ except ImportError:  # pragma: no cover - other interpreters / versions
 FORMAT_VERSION = 1
 MAGIC = b"ocirun-seccomp-bpf/1\n"
 _SUFFIX = ".bpf"
+MAX_ENTRIES = 64  # distinct profiles; an engine sends one or two
+
+
+def cache_dir_for(state_root: str) -> str:
+    """<root>.cache/seccomp: one cache per runtime root, on the same (tmpfs) mount."""
+    return os.path.join(os.path.normpath(state_root) + ".cache", "seccomp")
 
 FLAG_BITS = {
     "SECCOMP_FILTER_FLAG_TSYNC": ksys.FILTER_FLAG_TSYNC,
@@ -73,7 +83,9 @@ def cache_key(seccomp: Seccomp) -> str:
     rules = tuple((tuple(r.names), r.action, r.errno_ret,
                    tuple((a.index, a.op, a.value, a.value_two) for a in r.args))
                   for r in seccomp.syscalls)
-    doc = (FORMAT_VERSION, os.uname().machine, sys.maxsize > 2**32, seccomp.default_action,
+    from ocirun import __version__
+    doc = (FORMAT_VERSION, __version__, os.uname().machine, sys.maxsize > 2**32,
+           seccomp.default_action,
            seccomp.default_errno_ret, tuple(seccomp.architectures), rules)
     return sha256(repr(doc).encode()).hexdigest()
 
@@ -110,6 +122,10 @@ def prepare(seccomp: Seccomp, cache_dir: str) -> PreparedFilter:
     path = os.path.join(cache_dir, cache_key(seccomp) + _SUFFIX)
     program = _read(path)
     if program is not None:
+        try:
+            os.utime(path)  # most recently used
+        except OSError:
+            pass
         return PreparedFilter(program, flags, notify, path, cache_hit=True)
 
     from ocirun.seccomp.compiler import compile_bpf  # imports pyseccomp: misses only
@@ -152,3 +168,26 @@ def _write(path: str, program: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        return
+    _evict(cache_dir, keep=path)
+
+
+def _evict(cache_dir: str, keep: str) -> None:
+    """Remove the least recently used programs beyond MAX_ENTRIES (misses only)."""
+    try:
+        entries = [e for e in os.scandir(cache_dir) if e.name.endswith(_SUFFIX)]
+    except OSError:
+        return
+    if len(entries) <= MAX_ENTRIES:
+        return
+    def mtime(entry: os.DirEntry) -> float:
+        try:
+            return entry.stat().st_mtime
+        except OSError:
+            return 0.0
+    for entry in sorted(entries, key=mtime)[:len(entries) - MAX_ENTRIES]:
+        if entry.path != keep:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
