@@ -70,8 +70,13 @@ def compile_launcher(path: str, python: str, boot: str) -> bool:
             for name, value in defines.items():
                 f.write(f"#define {name} {c_string(value)}\n")
         out = os.path.join(tmp, "ocirun")
-        r = subprocess.run([cc, "-O2", "-Wall", "-include", header, "-o", out, source],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Static where the C library allows it: no dynamic loader on every command
+        # (~0.25 ms of the launcher's ~0.5 ms).
+        for static in (["-static"], []):
+            r = subprocess.run([cc, "-O2", "-Wall", *static, "-include", header, "-o", out,
+                                source], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if r.returncode == 0:
+                break
         if r.returncode != 0:
             sys.stderr.write(f"ocirun.launcher: {cc} failed, writing a script instead:\n"
                              f"{r.stderr.decode(errors='replace')}")

@@ -229,7 +229,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
                          cgroup=cgroup.to_state() if cgroup is not None else {},
                          systemd_cgroup=opts.systemd_cgroup, status="creating",
                          creating=True)
-        cdir.write(state)  # the cgroup to remove
+        cdir.write_progress(state)  # the cgroup to remove
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         undo.push(os.close, fifo_fd)
         console_fd = None
@@ -265,7 +265,8 @@ def create(root: str, container_id: str, opts: CreateOptions,
             cgroup.apply(spec.linux.resources)  # before any process of it is inside
             _join_cgroup(cgroup, stage1_pid, spec, rootless)
             state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
-        _write_progress(cdir, state, stage1_pid)  # stage1 to kill
+        # (stage1 needs no record: without us it leaves on its own, and so does an init
+        # whose pid it could not report.)
         parent.send("go")
         _drive_children(parent, spec, state, stage1_pid, undo, cdir)
         parent.close()
@@ -284,14 +285,6 @@ def create(root: str, container_id: str, opts: CreateOptions,
     except BaseException:
         undo.run()
         raise
-
-
-def _write_progress(cdir: st.ContainerDir, state: st.State, pid: int) -> None:
-    """Record `pid` (stage1, then the init) as the process a `delete --force` after
-    a killed create must end; the start time keeps a reused pid safe."""
-    record = st.State(**state.to_record())
-    record.pid, record.pid_start = pid, st.process_start_time(pid) or 0
-    cdir.write(record)
 
 
 def _refuse_intel_rdt() -> None:
@@ -425,7 +418,10 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
         elif kind == "pid":
             state.pid = msg["pid"]
             undo.push(_kill_and_reap, state.pid)
-            _write_progress(cdir, state, state.pid)  # the init to kill
+            # The init a `delete --force` after a killed create must end; its start
+            # time keeps a reused pid safe.
+            state.pid_start = st.process_start_time(state.pid) or 0
+            cdir.write_progress(state)
             os.waitpid(stage1_pid, 0)
             undo.drop(_kill_and_reap, stage1_pid)  # reaped: its pid is free for reuse
             phase = "while building the rootfs"

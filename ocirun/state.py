@@ -123,6 +123,7 @@ class ContainerDir:
         self.id = check_id(container_id)
         self.path = os.path.join(root, container_id)
         self._lock_fd: int | None = None
+        self._progress_len = 0  # the longest record write_progress has written
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -168,6 +169,20 @@ class ContainerDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def write_progress(self, state: State) -> None:
+        """Record a create's progress in state.json, in place: overwritten without
+        truncating (space-padded to the longest record so far, which JSON allows),
+        so it costs a pwrite, not a new inode per step.  A create killed in the middle
+        of it leaves a garbled record, which `delete --force` copes with."""
+        data = jsonio.dumps(state.to_record()).encode()
+        written = self._progress_len
+        fd = os.open(self.file(STATE_FILE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, data.ljust(written), 0)
+        finally:
+            os.close(fd)
+        self._progress_len = max(written, len(data))
 
     def write(self, state: State) -> None:
         data = state.to_record()
