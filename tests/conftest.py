@@ -25,6 +25,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# hypothesis keeps its examples and constants out of the checkout
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      os.path.join(tempfile.gettempdir(), "ocirun-hypothesis"))
 
 from ocirun.specgen import default_spec  # noqa: E402
 
@@ -185,3 +188,44 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "")
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+# ------------------------------------------------------------------ loud skips
+# The test command (tests/run.sh) sets OCIRUN_EXPECTED_SKIPS to a file of
+# "nodeid-prefix | why it is expected" lines: a skip it does not list fails the run,
+# so a missing root, engine or guest never passes quietly.
+_skips: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(
+            report.longrepr)
+        _skips.append((report.nodeid, reason))
+
+
+def _expected_skips() -> list[str] | None:
+    path = os.environ.get("OCIRUN_EXPECTED_SKIPS")
+    if not path:
+        return None
+    with open(path) as f:
+        return [line.split("|", 1)[0].strip() for line in f
+                if line.strip() and not line.startswith("#")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    expected = _expected_skips()
+    if expected is None:
+        return
+    unexpected = [(n, r) for n, r in _skips if not any(n.startswith(e) for e in expected)]
+    if unexpected:
+        session.config._ocirun_unexpected_skips = unexpected  # type: ignore[attr-defined]
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    unexpected = getattr(config, "_ocirun_unexpected_skips", [])
+    if unexpected:
+        terminalreporter.section("unexpected skips (not in OCIRUN_EXPECTED_SKIPS)")
+        for nodeid, reason in unexpected:
+            terminalreporter.line(f"{nodeid}: {reason}")
