@@ -127,6 +127,7 @@ _GLOBAL_FLAGS = (
     Flag("systemd_cgroup", BOOL, ("--systemd-cgroup",), False),
     Flag("rootless", STR, ("--rootless",), "auto"),
     Flag("criu", STR, ("--criu",)),
+    Flag("version", BOOL, ("--version", "-v", "-version"), False),  # after other flags too
 )
 
 
@@ -216,7 +217,7 @@ def parse_signal(raw: str) -> int:
     from ocirun import signals
     if raw.isdigit():
         num = int(raw)
-        if not 0 < num < 65:
+        if not 0 <= num < 65:  # 0: "is it alive", as kill(2) and runc take it
             raise OciError(f"invalid signal {raw!r}")
         return num
     name = raw.upper()
@@ -418,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         if g["log_format"] not in ("text", "json"):
             raise UsageError(f"invalid --log-format {g['log_format']!r} (text or json)")
         log.configure(g["log"], g["log_format"], g["debug"])
+        if g["version"]:  # engines probe `ocirun --root R --version`
+            print(_version())
+            return 0
         if not rest:
             print(_usage())
             return 0

@@ -380,9 +380,9 @@ def _process(ch: Channel, plan: _Plan) -> NoReturn:
             high = fcntl.fcntl(ch.fileno(), fcntl.F_DUPFD_CLOEXEC, first)
             ch.close()
             ch = Channel.from_fd(high)
+        os.setsid()  # a session of its own, as the init has (and the pty's, with one)
         if plan.console_fd >= 0:
             from ocirun import console
-            os.setsid()  # a new session, so that the pty can be its controlling tty
             console.setup_console(plan.console_fd, plan.process.console_size, False)
         prepare_process(ch, plan.process, plan.seccomp, plan.in_userns)
         try:

@@ -229,6 +229,9 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     if spec.hostname is not None:
         import _socket
         _socket.sethostname(spec.hostname)
+    net_ns = linux.namespace("network")
+    if net_ns is not None and net_ns.path is None:
+        ksys.loopback_up()  # as runc: a new network namespace's lo starts down
     if spec.domainname is not None:
         ksys.setdomainname(spec.domainname)
     ch.send("hooks")  # prestart + createRuntime run in the runtime's namespaces

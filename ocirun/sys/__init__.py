@@ -7,6 +7,7 @@ the errno and the call's subject, so callers can turn it into a user message.
 from __future__ import annotations
 
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -179,6 +180,22 @@ def fsmount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
                       fstype)
     finally:
         os.close(ctx)
+
+
+def loopback_up() -> None:
+    """Set IFF_UP on `lo` of the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
+    import _socket
+    import fcntl
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        request = b"lo".ljust(16, b"\0") + bytes(24)  # struct ifreq: name, then flags
+        flags = int.from_bytes(fcntl.ioctl(sock.fileno(), 0x8913, request)[16:18],
+                               sys.byteorder)
+        if not flags & 0x1:
+            fcntl.ioctl(sock.fileno(), 0x8914, request[:16] +
+                        (flags | 0x1).to_bytes(2, sys.byteorder) + bytes(22))
+    finally:
+        sock.close()
 
 
 def set_dumpable(dumpable: bool) -> None:
