@@ -372,7 +372,9 @@ def readonly_paths(paths: tuple[str, ...]) -> None:
     for path in paths:
         try:
             ksys.mount(path, path, None, ksys.MS_BIND | ksys.MS_REC)
-            remount_bind(path, ksys.MS_RDONLY)
+            # Read-only on top of what the covered mount had (nosuid, nodev, noexec):
+            # a remount sets every per-mount flag anew.
+            remount_bind(path, ksys.MS_RDONLY | _locked_flags(path))
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 continue

@@ -39,3 +39,17 @@ def test_exec_without_terminal_is_a_session_leader(runtime: Runtime) -> None:
     assert r.returncode == 0, r.stderr
     pid, session = r.stdout.split()
     assert pid == session, r.stdout
+
+
+def test_readonly_path_keeps_the_flags_of_the_mount_it_covers(runtime: Runtime) -> None:
+    """/proc mounted nosuid,noexec,nodev (as podman asks): /proc/bus, a readonlyPath,
+    must stay so (a read-only remount sets every per-mount flag anew)."""
+    def edit(spec: dict) -> None:
+        for m in spec["mounts"]:
+            if m["destination"] == "/proc":
+                m["options"] = ["nosuid", "noexec", "nodev"]
+    bundle = runtime.bundle(["grep", " /proc/bus ", "/proc/self/mountinfo"], edit=edit)
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+    assert r.returncode == 0, r.stderr
+    options = set(r.stdout.split()[5].decode().split(","))
+    assert {"ro", "nosuid", "nodev", "noexec"} <= options, r.stdout
