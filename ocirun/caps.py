@@ -53,6 +53,11 @@ def keep_grantable(process: Process, in_userns: bool) -> Process:
     caps = process.capabilities
     if caps is None:
         return process
+    for json_path, name in caps.unknown:
+        log.warn(f"{json_path}: unknown capability {name!r}: ignored")
+    if caps.unknown:
+        caps = caps.replace(unknown=())
+        process = process.replace(capabilities=caps)  # type: ignore[assignment]
     last = _last_cap()
     every = (1 << (last + 1)) - 1
     held = every if in_userns else _held_mask() & every

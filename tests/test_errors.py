@@ -40,8 +40,6 @@ CONFIG_ERRORS = [
     ("duplicate-namespace", lambda s: s["linux"]["namespaces"].append({"type": "pid"}),
      "linux.namespaces[6].type"),
     ("negative-uid", lambda s: s["process"]["user"].update(uid=-1), "process.user.uid"),
-    ("unknown-cap", lambda s: s["process"]["capabilities"]["bounding"].append("CAP_FOO"),
-     "process.capabilities.bounding[3]"),
     ("unknown-rlimit", lambda s: s["process"]["rlimits"].append(
         {"type": "RLIMIT_FOO", "soft": 1, "hard": 1}), "process.rlimits[1].type"),
     ("bad-oci-version", lambda s: s.update(ociVersion="banana"), "ociVersion"),
