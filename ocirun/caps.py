@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from ocirun import sys as ksys
+from ocirun.errors import OciError
 from ocirun.spec import CAPABILITIES, Capabilities, Process, Spec
 
 _PR_CAPBSET_DROP = 24
@@ -103,6 +104,16 @@ def set_user(process: Process, setgroups_allowed: bool) -> None:
     os.setresuid(user.uid, user.uid, user.uid)
 
 
+def _check_sets(eff: set[int], perm: set[int], inh: set[int], bounding: set[int]) -> None:
+    """What capset(2) would refuse with a bare EPERM, named instead."""
+    for what, extra, within in (("effective", eff - perm, "permitted"),
+                                ("inheritable", inh - bounding, "bounding")):
+        if extra:
+            names = ", ".join(CAPABILITIES[n] for n in sorted(extra))
+            raise OciError(f"process.capabilities.{what}: {names} not in {within}: the "
+                           "kernel cannot grant them")
+
+
 def apply(process: Process, setgroups_allowed: bool = True) -> None:
     """Switch to the process user keeping exactly the configured capabilities.
 
@@ -119,6 +130,7 @@ def apply(process: Process, setgroups_allowed: bool = True) -> None:
     every = set(range(last + 1))
     eff, perm, inh = (_numbers(s, last) for s in (caps.effective, caps.permitted,
                                                     caps.inheritable))
+    _check_sets(eff, perm, inh, _numbers(caps.bounding, last))
     _prctl.set_caps(list(eff), list(perm), list(inh),
                     list(every - eff), list(every - perm), list(every - inh))
     ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_CLEAR_ALL)

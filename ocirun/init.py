@@ -370,31 +370,33 @@ def enter_cwd(cwd: str) -> None:
     followed as if the root were "/", and magic links (/proc/self/fd/N, /proc/1/cwd),
     which could name a runtime fd or a host directory, are refused."""
     try:
-        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = ksys.openat2(root, cwd, os.O_PATH | os.O_DIRECTORY,
-                              ksys.RESOLVE_IN_ROOT | ksys.RESOLVE_NO_MAGICLINKS)
-        finally:
-            os.close(root)
-        try:
-            os.fchdir(fd)
-        finally:
-            os.close(fd)
+        _chdir_in_root(cwd)
     except OSError as e:
-        if e.errno == errno.ENOSYS:  # before Linux 5.6: the check below still holds
-            try:
-                os.chdir(cwd)
-            except OSError as e2:
-                e = e2
-            else:
-                e = None  # type: ignore[assignment]
-        if e is not None:
-            raise _cwd_error(cwd, e) from None
+        raise _cwd_error(cwd, e) from None
     try:
         os.getcwd()  # the kernel names a directory outside our root "(unreachable)"
     except FileNotFoundError:
         raise OciError(f"chdir to cwd ({cwd!r}) set in config.json failed: it is "
                        "outside the container's root") from None
+
+
+def _chdir_in_root(cwd: str) -> None:
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = ksys.openat2(root, cwd, os.O_PATH | os.O_DIRECTORY,
+                              ksys.RESOLVE_IN_ROOT | ksys.RESOLVE_NO_MAGICLINKS)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            os.chdir(cwd)  # before Linux 5.6: enter_cwd's getcwd check still holds
+            return
+    finally:
+        os.close(root)
+    try:
+        os.fchdir(fd)
+    finally:
+        os.close(fd)
 
 
 def exec_process(process: Any, seccomp: Any, preserve_fds: int,

@@ -50,18 +50,25 @@ def _start_create(runtime: Runtime, bundle: Path, cid: str) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def test_create_killed_during_prestart_hook_is_cleaned_by_delete_force(
-        runtime: Runtime, tmp_path: Path) -> None:
-    """The init waits for the runtime (which is running the hook) when create dies."""
-    marker = tmp_path / "hook-ran"
+def _create_in_prestart_hook(runtime: Runtime, tmp_path: Path,
+                             script: str) -> tuple[str, subprocess.Popen]:
+    """A create started in the background whose prestart hook runs `script` (sh)."""
     hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho $$ > {marker}\nexec sleep 30\n")
+    hook.write_text(f"#!/bin/sh\n{script}\n")
     hook.chmod(0o755)
 
     def edit(spec: dict) -> None:
         spec["hooks"] = {"prestart": [{"path": str(hook)}]}
     cid = runtime.new_id()
-    create = _start_create(runtime, runtime.bundle(edit=edit), cid)
+    return cid, _start_create(runtime, runtime.bundle(edit=edit), cid)
+
+
+def test_create_killed_during_prestart_hook_is_cleaned_by_delete_force(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """The init waits for the runtime (which is running the hook) when create dies."""
+    marker = tmp_path / "hook-ran"
+    cid, create = _create_in_prestart_hook(runtime, tmp_path,
+                                           f"echo $$ > {marker}\nexec sleep 30")
     wait_for(marker.exists, 10, "the prestart hook")
     wait_for(lambda: marker.read_text().strip() != "", 5, "the hook's pid")
     pids = _pids_in_cgroups(runtime)
@@ -158,14 +165,8 @@ def test_start_waits_for_a_create_in_progress(runtime: Runtime, tmp_path: Path) 
     """Serialized on the container's lock: a start issued while create still runs
     (here: its prestart hook) starts the container once create is done."""
     go = tmp_path / "go"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.02; done\n")
-    hook.chmod(0o755)
-
-    def edit(spec: dict) -> None:
-        spec["hooks"] = {"prestart": [{"path": str(hook)}]}
-    cid = runtime.new_id()
-    create = _start_create(runtime, runtime.bundle(edit=edit), cid)
+    cid, create = _create_in_prestart_hook(runtime, tmp_path,
+                                           f"while [ ! -e {go} ]; do sleep 0.02; done")
     wait_for(lambda: (runtime.root / cid).exists(), 10, "the state dir")
     starter = subprocess.Popen([*runtime.argv, "--root", str(runtime.root), "start", cid],
                                env=_env(), stdin=subprocess.DEVNULL,

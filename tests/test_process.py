@@ -116,3 +116,15 @@ def test_new_session_keyring_named_after_the_container(runtime: Runtime) -> None
         names = [line.split()[-2].rstrip(":") for line in f]
     assert with_keyring in names
     assert without not in names
+
+
+def test_effective_capability_outside_permitted_is_named(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        caps = spec["process"]["capabilities"]
+        caps["effective"] = caps["effective"] + ["CAP_CHOWN"]
+        caps["permitted"] = [c for c in caps["permitted"] if c != "CAP_CHOWN"]
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=edit)), cid)
+    assert r.returncode != 0
+    assert b"process.capabilities.effective: CAP_CHOWN not in permitted" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
