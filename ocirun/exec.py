@@ -190,6 +190,16 @@ def _open_namespaces(state: st.State, spec: Spec) -> list[tuple[str, int]]:
             except OSError as e:
                 raise OciError(f"exec: opening {path}: "
                                f"{os.strerror(e.errno).lower()}") from None
+        if "mount" not in types:
+            # No mount namespace: the init entered its root by chroot (see
+            # init._enter_root_by_chroot); the process enters the same directory.
+            path = f"/proc/{state.pid}/root"
+            try:
+                fds.append(("root", os.open(path, os.O_PATH | os.O_DIRECTORY |
+                                            os.O_CLOEXEC)))
+            except OSError as e:
+                raise OciError(f"exec: opening {path}: "
+                               f"{os.strerror(e.errno).lower()}") from None
         if st.process_start_time(state.pid) != state.pid_start:
             raise OciError(f"cannot exec in a stopped container ({state.id})")
         return fds
@@ -353,6 +363,10 @@ def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn
         ksys.set_dumpable(False)  # see init.stage1: /proc/<pid> out of the container's reach
         ch.expect("go")
         for t, fd in ns_fds:
+            if t == "root":
+                os.fchdir(fd)
+                os.chroot(".")
+                continue
             try:
                 ksys.setns(fd, ksys.NAMESPACE_FLAGS[t])
             except OSError as e:

@@ -214,11 +214,12 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     in_userns = linux.namespace("user") is not None
     mount_ns = linux.namespace("mount")
     new_rootfs = mount_ns is not None and mount_ns.path is None
+    writable_for_now: tuple[Any, ...] = ()
     if new_rootfs:
         rootfs.prepare_root(spec)
         root_fd = rootfs.open_root(spec.root.path)  # after the bind onto itself
         try:
-            rootfs.mount_all(spec, cfg.bundle, root_fd)
+            writable_for_now = rootfs.mount_all(spec, cfg.bundle, root_fd)
             devices.create_devices(spec, in_userns, root_fd)
             try:
                 os.close(rootfs.resolve_dir(root_fd, process.cwd))
@@ -243,6 +244,8 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
                   "createContainer")
     if new_rootfs:
         rootfs.pivot(spec.root.path, cfg.no_pivot)
+    elif mount_ns is None:
+        _enter_root_by_chroot(cfg)
     if cfg.console_fd is not None:
         # After pivot_root, so the pty comes from the container's own devpts; before
         # the root may go read-only, so /dev/console can still be created.
@@ -250,7 +253,7 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     for key, value in linux.sysctl.items():  # before readonlyPaths covers /proc/sys
         _write(f"/proc/sys/{key.replace('.', '/')}", value, f"sysctl {key}")
     if new_rootfs:
-        rootfs.finish(spec)
+        rootfs.finish(spec, writable_for_now)
     if process.oom_score_adj is not None:
         _write_own_proc("oom_score_adj", str(process.oom_score_adj), "oomScoreAdj")
     if linux.personality is not None:
@@ -262,6 +265,21 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     ch.send("ready")
     ch.close()
     return state_json
+
+
+def _enter_root_by_chroot(cfg: InitConfig) -> None:
+    """No mount namespace: nothing may be mounted in the runtime's, so root.path is
+    entered by chroot (the config was refused if it asked for mounts).  The rootfs
+    has no /proc of its own then: the exec fifo is reopened through the runtime's,
+    by an fd held until then (closed before execve, like every fd of ours)."""
+    assert cfg.spec.root is not None
+    global _proc_fd
+    _proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.chroot(cfg.spec.root.path)
+    os.chdir("/")
+
+
+_proc_fd = -1  # set by _enter_root_by_chroot
 
 
 def container_hook_state(state_json: bytes, status: str) -> bytes:
@@ -485,7 +503,13 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
         # /proc (the container's, after pivot_root): the init holds no directory fd
         # of the runtime that a path could walk out of.
         try:
-            fifo = os.open(f"/proc/self/fd/{cfg.exec_fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+            if _proc_fd >= 0:
+                fifo = os.open(f"self/fd/{cfg.exec_fifo_fd}", os.O_WRONLY | os.O_CLOEXEC,
+                               dir_fd=_proc_fd)
+                os.close(_proc_fd)
+            else:
+                fifo = os.open(f"/proc/self/fd/{cfg.exec_fifo_fd}",
+                               os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise OciError("exec fifo: the container has no /proc to reopen it through "
                            "(mount proc at /proc)") from None

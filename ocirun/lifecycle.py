@@ -183,7 +183,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     from ocirun import caps
     from ocirun import sys as ksys
     from ocirun.init import InitConfig, stage1
-    from ocirun.spec import host_namespace_conflicts, read_spec
+    from ocirun.spec import host_namespace_conflicts, mountless_conflicts, read_spec
     from ocirun.sync import Channel
 
     n_listen = listen_fds()
@@ -194,6 +194,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     spec, raw_config = config if config is not None else read_spec(bundle)
     assert spec.root is not None and spec.process is not None
     host_namespace_conflicts(spec)
+    mountless_conflicts(spec)
     if not os.path.isdir(spec.root.path):
         raise OciError(f"root.path: rootfs {spec.root.path} is not a directory")
     if spec.process.terminal and not opts.console_socket and console_sock is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from ocirun import mountopts
 from ocirun import sys as ksys
@@ -171,8 +172,36 @@ def _mount_error(m: Mount, e: OSError) -> OciError:
                     f"{os.strerror(e.errno).lower() if e.errno else e}")
 
 
-def mount_one(root_fd: int, bundle: str, m: Mount) -> None:
+def _require_real_dir(root_fd: int, m: Mount) -> None:
+    """proc and sysfs go only on a directory reached through no symlink: a /proc that
+    is a link would take the mount, and the masking of its paths, somewhere else
+    (runc refuses a non-directory too)."""
+    try:
+        fd = ksys.openat2(root_fd, "/".join(_parts(m.destination)) or ".", os.O_PATH,
+                          _IN_ROOT | ksys.RESOLVE_NO_SYMLINKS)
+    except FileNotFoundError:
+        return  # made below, as a directory
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise _mount_error(m, e) from None
+        raise OciError(f"mount {m.type} to {m.destination}: the rootfs has a symlink "
+                       f"on that path; {m.type} is mounted only on a real directory") from None
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OciError(f"mount {m.type} to {m.destination}: not a directory in the "
+                           f"rootfs; {m.type} is mounted only on a real directory")
+    finally:
+        os.close(fd)
+
+
+def mount_one(root_fd: int, bundle: str, m: Mount, keep_writable: bool = False) -> None:
+    """Mount `m` beneath the rootfs.  `keep_writable`: leave out "ro" for now, so that
+    mounts and device nodes can still go beneath it (see mount_all)."""
     opts = mountopts.parse(m.options)
+    if keep_writable:
+        opts = opts.without_readonly()
+    if m.type in ("proc", "sysfs"):
+        _require_real_dir(root_fd, m)
     try:
         if m.type == "bind" or opts.is_bind:
             source = m.source or ""
@@ -327,9 +356,46 @@ def _make_parent_mount_private(path: str) -> None:
         ksys.mount(None, best, None, ksys.MS_PRIVATE)
 
 
-def mount_all(spec: Spec, bundle: str, root_fd: int) -> None:
-    for m in spec.mounts:
-        mount_one(root_fd, bundle, m)
+def _beneath(path: str, top: str) -> bool:
+    top = "/" + "/".join(_parts(top))
+    path = "/" + "/".join(_parts(path))
+    return top == "/" or path == top or path.startswith(top + "/")
+
+
+def mount_all(spec: Spec, bundle: str, root_fd: int) -> tuple[Mount, ...]:
+    """Mount the config's mounts in order.  A read-only mount that later mounts, device
+    nodes or /dev/console go beneath is mounted writable here and made read-only by
+    finish(), after them (runc does so for /dev only): returns those mounts."""
+    deferred = []
+    for i, m in enumerate(spec.mounts):
+        later = [n.destination for n in spec.mounts[i + 1:]]
+        covers = _beneath("/dev", m.destination) or any(
+            _beneath(d, m.destination) for d in later)
+        keep_writable = covers and mountopts.parse(m.options).flags & ksys.MS_RDONLY != 0
+        mount_one(root_fd, bundle, m, keep_writable)
+        if keep_writable:
+            deferred.append(m)
+    return tuple(deferred)
+
+
+def make_readonly(mounts: tuple[Mount, ...]) -> None:
+    """The read-only remount mount_all left for after everything beneath it (the
+    container's own root by now: paths resolve inside it)."""
+    for m in mounts:
+        opts = mountopts.parse(m.options)
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            target = Target(root, m.destination, resolve(root, m.destination))
+            try:
+                # Per mount, never the superblock: a sysfs or proc superblock can be
+                # the host's too.
+                remount_bind(target.path, opts.flags)
+            finally:
+                target.close()
+        except OSError as e:
+            raise _mount_error(m, e) from None
+        finally:
+            os.close(root)
 
 
 def pivot(root: str, no_pivot: bool) -> None:
@@ -381,9 +447,10 @@ def readonly_paths(paths: tuple[str, ...]) -> None:
             raise OciError(f"making {path} read-only: {os.strerror(e.errno).lower()}") from None
 
 
-def finish(spec: Spec) -> None:
+def finish(spec: Spec, writable_for_now: tuple[Mount, ...] = ()) -> None:
     """Steps that act on the container's view of / after pivot_root."""
     assert spec.root is not None
+    make_readonly(writable_for_now)
     mask_paths(spec.linux.masked_paths)
     readonly_paths(spec.linux.readonly_paths)
     if spec.root.readonly:

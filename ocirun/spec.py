@@ -882,6 +882,26 @@ def _check_semantics(spec: Spec) -> None:
                               "namespace to linux.namespaces)")
 
 
+def mountless_conflicts(spec: Spec) -> None:
+    """Without a mount namespace the container shares the runtime's mounts: the init
+    enters root.path by chroot, and ocirun mounts nothing there (runc does, and leaves
+    those mounts behind in its caller's namespace).  A valid config, refused at create."""
+    linux = spec.linux
+    if linux.namespace("mount") is not None:
+        return
+    asked = [("mounts", bool(spec.mounts)),
+             ("root.readonly", spec.root is not None and spec.root.readonly),
+             ("linux.maskedPaths", bool(linux.masked_paths)),
+             ("linux.readonlyPaths", bool(linux.readonly_paths)),
+             ("linux.rootfsPropagation", linux.rootfs_propagation is not None),
+             ("linux.devices", bool(linux.devices))]
+    for json_path, given in asked:
+        if given:
+            raise ConfigError(json_path, "needs a mount namespace of the container's own "
+                              "(add \"mount\" to linux.namespaces): without one ocirun "
+                              "mounts nothing and only enters root.path")
+
+
 _IPC_SYSCTLS = frozenset(("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
                           "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
                           "kernel.shm_rmid_forced"))

@@ -3,6 +3,11 @@ differed (issue 13's items, each checked from the kernel's side)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from pathlib import Path
+
 from conftest import Runtime
 
 
@@ -53,3 +58,96 @@ def test_readonly_path_keeps_the_flags_of_the_mount_it_covers(runtime: Runtime) 
     assert r.returncode == 0, r.stderr
     options = set(r.stdout.split()[5].decode().split(","))
     assert {"ro", "nosuid", "nodev", "noexec"} <= options, r.stdout
+
+
+def _rootfs_with(runtime: Runtime, name: str, link: str) -> dict:
+    """A config whose own rootfs has `name` replaced by a symlink to `link`."""
+    bundle = runtime.bundle(own_rootfs=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    target = Path(spec["root"]["path"]) / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.unlink(missing_ok=True)
+    target.symlink_to(link)
+    return spec
+
+
+def test_proc_or_sys_symlink_in_the_rootfs_is_refused(runtime: Runtime,
+                                                      tmp_path: Path) -> None:
+    """A /proc that is a symlink would send the proc mount, and the masking of its
+    paths, elsewhere: refused with one line naming it, nothing left behind."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    for name, link in (("proc", str(decoy)), ("sys", "/tmp"), ("proc", "dev")):
+        spec = _rootfs_with(runtime, name, link)
+        bundle = runtime.bundle(config=spec)
+        r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+        err = r.stderr.decode()
+        assert r.returncode != 0, (name, link)
+        assert f"to /{name}: the rootfs has a symlink" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert list(decoy.iterdir()) == []
+    with open("/proc/self/mountinfo") as f:
+        assert str(decoy) not in f.read()
+
+
+def test_readonly_dev_gets_its_device_nodes_and_submounts(runtime: Runtime) -> None:
+    """"ro" on the /dev tmpfs: devpts, mqueue, shm and the device nodes go beneath it
+    first, then it is made read-only (runc does the same for /dev)."""
+    def edit(spec: dict) -> None:
+        for m in spec["mounts"]:
+            if m["destination"] == "/dev":
+                m["options"].append("ro")
+    script = ("grep -E ' /dev(/pts)? ' /proc/self/mountinfo; test -c /dev/null && "
+              "test -c /dev/pts/ptmx && echo nodes; touch /dev/x 2>/dev/null || echo ro")
+    bundle = runtime.bundle(["sh", "-c", script], edit=edit)
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    fields = [ln.split() for ln in lines if len(ln.split()) > 5]
+    dev = [f for f in fields if f[4] == "/dev"]
+    pts = [f for f in fields if f[4] == "/dev/pts"]
+    assert dev and "ro" in dev[0][5].split(","), lines
+    assert pts and "rw" in pts[0][5].split(","), lines
+    assert lines[-2:] == ["nodes", "ro"], lines
+
+
+def test_no_mount_namespace_enters_the_rootfs_by_chroot(runtime: Runtime) -> None:
+    """Without a mount namespace the container shares the runtime's mounts: it must not
+    see the host's / (it did), and nothing is mounted there for it."""
+    def edit(spec: dict) -> None:
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                       if ns["type"] != "mount"]
+        spec["mounts"] = []
+        spec["root"]["readonly"] = False
+        for key in ("maskedPaths", "readonlyPaths"):
+            spec["linux"].pop(key, None)
+    with open("/proc/self/mountinfo") as f:
+        before = f.read().count("\n")
+    bundle = runtime.bundle(["ls", "-a", "/"], edit=edit)
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+    assert r.returncode == 0, r.stderr
+    expected = sorted([".", "..", *os.listdir(runtime.rootfs)])
+    assert sorted(r.stdout.decode().split()) == expected  # the rootfs, not the host's /
+    cid = runtime.create(runtime.bundle(["sleep", "100"], edit=edit))
+    pid = runtime.pid(cid)
+    assert os.readlink(f"/proc/{pid}/root") == str(runtime.rootfs)
+    assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    runtime("start", cid)
+    r = runtime("exec", cid, "ls", "-a", "/")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.decode().split()) == expected
+    with open("/proc/self/mountinfo") as f:
+        assert f.read().count("\n") == before
+
+
+def test_no_mount_namespace_refuses_what_needs_one(runtime: Runtime) -> None:
+    """Mounts and the other mount-based settings would have to be made in the
+    runtime's own mount namespace: each is refused, naming its JSON path."""
+    def without_mount_ns(spec: dict) -> None:
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                       if ns["type"] != "mount"]
+    r = runtime("run", "--bundle", str(runtime.bundle(edit=without_mount_ns)),
+                runtime.new_id())
+    err = r.stderr.decode()
+    assert r.returncode != 0 and err.count("\n") == 1, err
+    assert "mounts" in err and "mount namespace" in err, err
