@@ -90,6 +90,8 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
             os.setresuid(0, 0, 0)
         if new_flags:
             ksys.unshare(new_flags)
+        if new_userns and new_flags & ksys.CLONE_NEWNS and cfg.spec.mounts:
+            _receive_bind_sources(ch, cfg.spec)
         if linux.time_offsets:
             _write_own_proc("timens_offsets", "".join(
                 f"{clock} {secs} {nanos}\n" for clock, (secs, nanos)
@@ -99,6 +101,18 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
         _fail(ch, e)
     os._exit(0)
+
+
+def _receive_bind_sources(ch: Channel, spec: Spec) -> None:
+    """In a new user namespace the bind sources are opened for us by the runtime, in
+    our new mount namespace (see rootfs.open_bind_sources)."""
+    from ocirun import rootfs
+    if not rootfs.bind_sources(spec):
+        return
+    global _bind_source_fds
+    ch.send("mntns")
+    msg, fds = ch.expect("go")
+    _bind_source_fds = dict(zip(msg["mounts"], fds))
 
 
 def fork_and_report(ch: Channel) -> int:
@@ -219,7 +233,10 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
         rootfs.prepare_root(spec)
         root_fd = rootfs.open_root(spec.root.path)  # after the bind onto itself
         try:
-            writable_for_now = rootfs.mount_all(spec, cfg.bundle, root_fd)
+            writable_for_now = rootfs.mount_all(spec, cfg.bundle, root_fd,
+                                                _bind_source_fds)
+            for fd in _bind_source_fds.values():
+                os.close(fd)
             devices.create_devices(spec, in_userns, root_fd)
             try:
                 os.close(rootfs.resolve_dir(root_fd, process.cwd))
@@ -280,6 +297,7 @@ def _enter_root_by_chroot(cfg: InitConfig) -> None:
 
 
 _proc_fd = -1  # set by _enter_root_by_chroot
+_bind_source_fds: dict[int, int] = {}  # set by stage1: see _receive_bind_sources
 
 
 def container_hook_state(state_json: bytes, status: str) -> bytes:

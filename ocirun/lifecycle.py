@@ -376,6 +376,35 @@ def _death_of(pid: int, timeout: float = 2.0) -> str:
     return f"exit status {info.si_status}"
 
 
+def _open_bind_sources_in(pid: int, spec: Spec, bundle: str) -> dict[int, int]:
+    """rootfs.open_bind_sources, run by a child of ours that joined the mount
+    namespace of `pid` and kept our credentials; the fds come back over a socket."""
+    from ocirun import rootfs
+    from ocirun import sys as ksys
+    from ocirun.sync import Channel, ChildError
+    ours, theirs = Channel.pair()
+    helper = os.fork()
+    if helper == 0:
+        ours.close()
+        try:
+            ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            ksys.setns(ns, ksys.CLONE_NEWNS)
+            fds = rootfs.open_bind_sources(spec, bundle)
+            theirs.send("sources", mounts=list(fds), fds=list(fds.values()))
+        except BaseException:  # noqa: BLE001 - the init reports the mounts that fail
+            pass
+        os._exit(0)
+    theirs.close()
+    try:
+        msg, fds = ours.expect("sources")
+    except (ChildError, OSError):
+        return {}
+    finally:
+        ours.close()
+        os.waitpid(helper, 0)
+    return dict(zip(msg["mounts"], fds))
+
+
 def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
                     undo: _Undo, cdir: st.ContainerDir) -> None:
     """Answer the children's requests until the init reports ready."""
@@ -406,9 +435,9 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             raise died() from None
 
     while True:
-        msg, fds = receive("userns", "pid", "hooks", "seccomp", "ready")
+        msg, fds = receive("userns", "mntns", "pid", "hooks", "seccomp", "ready")
         kind = msg["t"]
-        if kind not in ("userns", "pid") and not state.pid:
+        if kind not in ("userns", "mntns", "pid") and not state.pid:
             # stage1 reports the pid before the init may speak (init.stage1): never
             # go on with pid 0 (hooks given pid 0, an init the undo could not kill).
             raise ChildError(f"internal error: container init sent {kind!r} before its pid")
@@ -416,6 +445,13 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             from ocirun.userns import write_id_maps
             write_id_maps(stage1_pid, spec.linux)
             answer()
+        elif kind == "mntns":
+            sources = _open_bind_sources_in(stage1_pid, spec, state.bundle)
+            try:
+                answer(mounts=list(sources), fds=list(sources.values()))
+            finally:
+                for fd in sources.values():
+                    os.close(fd)
         elif kind == "pid":
             state.pid = msg["pid"]
             undo.push(_kill_and_reap, state.pid)

@@ -194,9 +194,38 @@ def _require_real_dir(root_fd: int, m: Mount) -> None:
         os.close(fd)
 
 
-def mount_one(root_fd: int, bundle: str, m: Mount, keep_writable: bool = False) -> None:
+def _bind_source(bundle: str, m: Mount) -> str:
+    source = m.source or ""
+    return source if source.startswith("/") else os.path.join(bundle, source)
+
+
+def bind_sources(spec: Spec) -> list[int]:
+    """Indexes in spec.mounts of the bind mounts."""
+    return [i for i, m in enumerate(spec.mounts)
+            if m.type == "bind" or mountopts.parse(m.options).is_bind]
+
+
+def open_bind_sources(spec: Spec, bundle: str) -> dict[int, int]:
+    """O_PATH fds of the bind sources (index in spec.mounts -> fd), opened by a process
+    of the runtime's credentials inside the container's new mount namespace: root in a
+    new user namespace cannot walk a host directory such as a mode-0000 one, which the
+    host's root can.  Opened in the container's copy of the mounts, so the bind keeps
+    the copy's locks (its submounts cannot be unmounted to uncover what they hide).
+    A source that cannot be opened is left to the init, which reports it."""
+    fds: dict[int, int] = {}
+    for i in bind_sources(spec):
+        try:
+            fds[i] = os.open(_bind_source(bundle, spec.mounts[i]), os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            pass
+    return fds
+
+
+def mount_one(root_fd: int, bundle: str, m: Mount, keep_writable: bool = False,
+              source_fd: int | None = None) -> None:
     """Mount `m` beneath the rootfs.  `keep_writable`: leave out "ro" for now, so that
-    mounts and device nodes can still go beneath it (see mount_all)."""
+    mounts and device nodes can still go beneath it (see mount_all).  `source_fd`: the
+    bind source, opened beforehand (see open_bind_sources)."""
     opts = mountopts.parse(m.options)
     if keep_writable:
         opts = opts.without_readonly()
@@ -204,10 +233,13 @@ def mount_one(root_fd: int, bundle: str, m: Mount, keep_writable: bool = False) 
         _require_real_dir(root_fd, m)
     try:
         if m.type == "bind" or opts.is_bind:
-            source = m.source or ""
-            if not source.startswith("/"):
-                source = os.path.join(bundle, source)
-            target = make_target(root_fd, m.destination, os.path.isdir(source))
+            source = _bind_source(bundle, m)
+            if source_fd is not None:
+                is_dir = stat.S_ISDIR(os.fstat(source_fd).st_mode)
+                source = f"/proc/self/fd/{source_fd}"
+            else:
+                is_dir = os.path.isdir(source)
+            target = make_target(root_fd, m.destination, is_dir)
         else:
             target = make_target(root_fd, m.destination, True)
     except OSError as e:
@@ -362,17 +394,20 @@ def _beneath(path: str, top: str) -> bool:
     return top == "/" or path == top or path.startswith(top + "/")
 
 
-def mount_all(spec: Spec, bundle: str, root_fd: int) -> tuple[Mount, ...]:
-    """Mount the config's mounts in order.  A read-only mount that later mounts, device
-    nodes or /dev/console go beneath is mounted writable here and made read-only by
-    finish(), after them (runc does so for /dev only): returns those mounts."""
+def mount_all(spec: Spec, bundle: str, root_fd: int,
+              source_fds: dict[int, int] | None = None) -> tuple[Mount, ...]:
+    """Mount the config's mounts in order (bind sources from `source_fds` where given).  A
+    read-only mount that later mounts, device nodes or /dev/console go beneath is
+    mounted writable here and made read-only by finish(), after them (runc does so for
+    /dev only): returns those mounts."""
+    source_fds = source_fds or {}
     deferred = []
     for i, m in enumerate(spec.mounts):
         later = [n.destination for n in spec.mounts[i + 1:]]
         covers = _beneath("/dev", m.destination) or any(
             _beneath(d, m.destination) for d in later)
         keep_writable = covers and mountopts.parse(m.options).flags & ksys.MS_RDONLY != 0
-        mount_one(root_fd, bundle, m, keep_writable)
+        mount_one(root_fd, bundle, m, keep_writable, source_fds.get(i))
         if keep_writable:
             deferred.append(m)
     return tuple(deferred)

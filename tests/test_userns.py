@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import Runtime, proc_status
+from conftest import Runtime, _env, proc_status
 
 HOST_ID = 100000
 SIZE = 65536
@@ -196,3 +196,62 @@ def test_mappings_the_kernel_refuses_are_an_error(runtime: Runtime,
     assert r.returncode != 0
     assert b"linux.uidMappings" in r.stderr and b"uid_map" in r.stderr
     assert not (runtime.root / cid).exists()
+
+
+def test_bind_source_in_a_mode_0000_host_directory(runtime: Runtime, mapped_rootfs: Path,
+                                                   tmp_path: Path) -> None:
+    """The mapped root cannot walk a host directory of mode 0000 that the host's root
+    can: the source is taken before the user namespace (runc succeeds here too), and
+    the bind still carries its flags."""
+    locked = tmp_path / "locked"
+    (locked / "data").mkdir(parents=True)
+    (locked / "data" / "file").write_text("seen\n")
+    (locked / "one").write_text("single file\n")
+    locked.chmod(0)
+
+    def edit(spec: dict[str, Any]) -> None:
+        userns(spec, mapped_rootfs)
+        spec["mounts"] += [
+            {"destination": "/mnt/data", "type": "bind", "source": str(locked / "data"),
+             "options": ["rbind", "ro", "nosuid"]},
+            {"destination": "/mnt/one", "type": "bind", "source": str(locked / "one"),
+             "options": ["bind"]}]
+    script = ("cat /mnt/data/file /mnt/one; grep ' /mnt/data ' /proc/self/mountinfo; "
+              "touch /mnt/data/x 2>/dev/null || echo read-only")
+    try:
+        out = run_output(runtime, runtime.bundle(["sh", "-c", script], edit=edit))
+    finally:
+        locked.chmod(0o700)
+    lines = out.splitlines()
+    assert lines[:2] == ["seen", "single file"], out
+    assert {"ro", "nosuid"} <= set(lines[2].split()[5].split(",")), out
+    assert lines[-1] == "read-only", out
+
+
+def test_a_bind_keeps_its_submounts_locked(runtime: Runtime, mapped_rootfs: Path,
+                                           tmp_path: Path) -> None:
+    """The bind source is opened in the container's copy of the mounts, where the
+    kernel locks them: root of the user namespace, even with CAP_SYS_ADMIN, cannot
+    unmount a submount of the source to uncover what the host hid beneath it."""
+    source = tmp_path / "source"
+    (source / "covered").mkdir(parents=True)
+    (source / "covered" / "secret").write_text("hidden by a mount\n")
+    tmp_path.chmod(0o755)
+
+    def edit(spec: dict[str, Any]) -> None:
+        userns(spec, mapped_rootfs)
+        spec["process"]["capabilities"] = {
+            key: ["CAP_SYS_ADMIN"] for key in ("bounding", "effective", "permitted")}
+        spec["mounts"].append({"destination": "/mnt/src", "type": "bind",
+                               "source": str(source), "options": ["rbind"]})
+    bundle = runtime.bundle(["sh", "-c", "umount /mnt/src/covered; "
+                             "cat /mnt/src/covered/secret"], edit=edit)
+    cid = runtime.new_id()
+    # The covering mount is made in a mount namespace of the test's own.
+    cmd = " ".join([*runtime.argv, "--root", str(runtime.root), "run", "--bundle",
+                    str(bundle), cid])
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs cover {source / 'covered'} && exec {cmd}"],
+                       capture_output=True, env=_env(), timeout=30)
+    assert b"hidden by a mount" not in r.stdout, r.stdout
+    assert r.returncode != 0
