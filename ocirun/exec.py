@@ -216,6 +216,9 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     process = build_process(spec, opts)
     from ocirun import caps
     process = caps.keep_grantable(process, spec.linux.namespace("user") is not None)
+    if process.apparmor_profile or process.selinux_label:
+        from ocirun import lsm
+        lsm.check_host(process)
     if process.terminal and opts.detach and not opts.console_socket:
         raise OciError("cannot allocate a tty for a detached exec without "
                        "--console-socket")

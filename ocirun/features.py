@@ -72,8 +72,9 @@ def features() -> dict[str, Any]:
             "capabilities": list(CAPABILITIES),
             "cgroup": _cgroup(),
             "seccomp": _seccomp(),
-            "apparmor": {"enabled": False},
-            "selinux": {"enabled": False},
+            # What the runtime supports, whatever the host has (features.md).
+            "apparmor": {"enabled": True},
+            "selinux": {"enabled": True},
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
         },

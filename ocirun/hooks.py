@@ -13,6 +13,9 @@ Where each kind runs (runtime-spec, config.md "POSIX-platform Hooks"):
   poststop                 delete, runtime namespaces, after the container is gone;
                            status "stopped"
 The first four fail their operation; poststart/poststop failures are warnings.
+Working directory, as runc's `run`: the bundle for the hooks in the runtime's
+namespaces (the caller's if the bundle is gone), the rootfs for createContainer, the
+process's cwd for startContainer.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from ocirun.errors import OciError
 from ocirun.spec import Hook
 
 
-def run_hook(hook: Hook, state_json: bytes, stage: str) -> None:
-    """Run one hook to completion; a failure or timeout raises OciError."""
+def run_hook(hook: Hook, state_json: bytes, stage: str, cwd: str | None = None) -> None:
+    """Run one hook to completion in `cwd` (None: ours); a failure or timeout raises
+    OciError.  A hook without `env` gets the runtime's environment."""
     rfd, wfd = os.pipe()
     argv = list(hook.args) or [hook.path]
-    env = dict(e.split("=", 1) for e in hook.env)
+    env = os.environ if hook.env is None else dict(e.split("=", 1) for e in hook.env)
     try:
         pid = os.fork()
     except OSError as e:
@@ -42,6 +46,11 @@ def run_hook(hook: Hook, state_json: bytes, stage: str) -> None:
     if pid == 0:
         try:
             os.dup2(rfd, 0)
+            if cwd is not None:
+                try:
+                    os.chdir(cwd)
+                except OSError:
+                    pass  # a bundle removed before delete: the caller's cwd then
             ksys.close_range(3)  # only stdio: not the runtime's fds, nor leaked ones
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by CPython
                 signal.signal(sig, signal.SIG_DFL)
@@ -84,16 +93,17 @@ def _wait(pid: int, timeout: int | None) -> int | None:
     return os.waitpid(pid, 0)[1]
 
 
-def run_hooks(hooks: tuple[Hook, ...], state_json: bytes, stage: str) -> None:
+def run_hooks(hooks: tuple[Hook, ...], state_json: bytes, stage: str,
+              cwd: str | None = None) -> None:
     for hook in hooks:
-        run_hook(hook, state_json, stage)
+        run_hook(hook, state_json, stage, cwd)
 
 
 def run_hooks_warn(hooks: tuple[Hook, ...], state_json: bytes, stage: str,
-                   warn: Callable[[str], None]) -> None:
+                   warn: Callable[[str], None], cwd: str | None = None) -> None:
     """poststart/poststop: a failing hook is a warning and the rest still run."""
     for hook in hooks:
         try:
-            run_hook(hook, state_json, stage)
+            run_hook(hook, state_json, stage, cwd)
         except OciError as e:
             warn(e.message)

@@ -211,6 +211,9 @@ def _preload(cfg: InitConfig) -> None:
         from ocirun.cgroups import detect  # noqa: F401 - used by rootfs._mount_cgroup
     if cfg.seccomp is not None:
         from ocirun import seccomp  # noqa: F401 - used by _load_seccomp
+    process = cfg.spec.process
+    if process is not None and (process.apparmor_profile or process.selinux_label):
+        from ocirun import lsm  # noqa: F401 - used by _set_exec_labels
 
 
 def _setup(ch: Channel, cfg: InitConfig) -> bytes:
@@ -258,7 +261,7 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     if spec.hooks.create_container:
         from ocirun.hooks import run_hooks
         run_hooks(spec.hooks.create_container, container_hook_state(state_json, "creating"),
-                  "createContainer")
+                  "createContainer", spec.root.path)
     if new_rootfs:
         rootfs.pivot(spec.root.path, cfg.no_pivot)
     elif mount_ns is None:
@@ -388,11 +391,24 @@ def prepare_process(ch: Channel | None, process: Any, seccomp: Any, in_userns: b
     """The security setup every container process gets (the init and each exec'd
     one), in order: rlimits, cwd, an early seccomp filter, user and capabilities."""
     from ocirun import caps
+    if process.apparmor_profile or process.selinux_label:
+        _set_exec_labels(process)  # before no_new_privs, which limits transitions
     _set_rlimits(process.rlimits)
     enter_cwd(process.cwd)
     if _seccomp_early(process, seccomp):
         _load_seccomp(ch, seccomp)
     caps.apply(process, setgroups_allowed=_setgroups_allowed(in_userns))
+
+
+def _set_exec_labels(process: Any) -> None:
+    from ocirun import lsm
+    for name, value, what in lsm.exec_attributes(process):
+        try:
+            _write_own_proc(name, value, what)
+        except OciError as e:
+            label = value.removeprefix("exec ")
+            raise OciError(f"{what}: the kernel refused {label!r} for execve ({e.message}"
+                           "; is the profile loaded?)") from None
 
 
 def _cwd_error(cwd: str, e: OSError) -> OciError:
@@ -552,21 +568,25 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
         _die(f"internal error: {e}", 1, fifo)
 
 
-def _fifo_write(fifo: int, data: bytes) -> None:
+def _fifo_write(fifo: int, data: bytes) -> bool:
     try:
         os.write(fifo, data)
+        return True
     except OSError:
-        pass  # `start` went away: the container goes on all the same
+        return False  # `start` went away: the container goes on all the same
 
 
 def _die(msg: str, code: int, fifo: int = -1) -> NoReturn:
+    """Report a failure after the exec fifo opened: to `start`, which prints it, or
+    if it is gone, on the container's stderr."""
     try:
-        os.write(2, f"ocirun: {one_line(msg)}\n".encode())
-    except OSError:
-        pass
-    try:
-        if fifo >= 0:
-            _fifo_write(fifo, st.FIFO_ERROR + jsonio.dumps({"msg": msg, "code": code}).encode())
+        told = fifo >= 0 and _fifo_write(
+            fifo, st.FIFO_ERROR + jsonio.dumps({"msg": msg, "code": code}).encode())
+        if not told:
+            try:
+                os.write(2, f"ocirun: {one_line(msg)}\n".encode())
+            except OSError:
+                pass
     finally:
         sys.stderr = None  # type: ignore[assignment]
         os._exit(code)

@@ -195,6 +195,9 @@ def create(root: str, container_id: str, opts: CreateOptions,
     assert spec.root is not None and spec.process is not None
     host_namespace_conflicts(spec)
     mountless_conflicts(spec)
+    if spec.process.apparmor_profile or spec.process.selinux_label or spec.linux.mount_label:
+        from ocirun import lsm
+        lsm.check_host(spec.process, spec.linux)
     if not os.path.isdir(spec.root.path):
         raise OciError(f"root.path: rootfs {spec.root.path} is not a directory")
     if spec.process.terminal and not opts.console_socket and console_sock is None:
@@ -467,8 +470,9 @@ def _drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             phase = "while the prestart/createRuntime hooks ran"
             if spec.hooks.prestart or spec.hooks.create_runtime:
                 from ocirun.hooks import run_hooks
-                run_hooks(spec.hooks.prestart, hook_state, "prestart")
-                run_hooks(spec.hooks.create_runtime, hook_state, "createRuntime")
+                run_hooks(spec.hooks.prestart, hook_state, "prestart", state.bundle)
+                run_hooks(spec.hooks.create_runtime, hook_state, "createRuntime",
+                          state.bundle)
             answer(state=hook_state.decode())
             phase = "during createContainer hooks, pivot_root or the process setup"
         elif kind == "seccomp":
@@ -501,7 +505,8 @@ def start(root: str, container_id: str, stored: tuple[Hooks, bool] | None = None
     if hooks is not None and hooks.poststart:
         from ocirun.hooks import run_hooks_warn
         state.status = "running"
-        run_hooks_warn(hooks.poststart, state.hook_state(), "poststart", log.warn)
+        run_hooks_warn(hooks.poststart, state.hook_state(), "poststart", log.warn,
+                       state.bundle)
 
 
 def _release_init(cdir: st.ContainerDir, state: st.State) -> None:
@@ -695,7 +700,8 @@ def _delete_locked(cdir: st.ContainerDir, force: bool,
     if hooks is not None and hooks.poststop and not state.creating:
         from ocirun.hooks import run_hooks_warn
         state.status = "stopped"
-        run_hooks_warn(hooks.poststop, state.hook_state(), "poststop", log.warn)
+        run_hooks_warn(hooks.poststop, state.hook_state(), "poststop", log.warn,
+                       state.bundle)
     cdir.remove()
 
 

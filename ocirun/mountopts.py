@@ -48,10 +48,6 @@ class MountOptions(Record):
     def is_bind(self) -> bool:
         return bool(self.flags & ksys.MS_BIND)
 
-    def without_readonly(self) -> MountOptions:
-        return MountOptions(self.flags & ~ksys.MS_RDONLY, self.propagation, self.data,
-                            self.extensions)
-
 
 def parse(options: tuple[str, ...]) -> MountOptions:
     flags = 0

@@ -222,13 +222,17 @@ def open_bind_sources(spec: Spec, bundle: str) -> dict[int, int]:
 
 
 def mount_one(root_fd: int, bundle: str, m: Mount, keep_writable: bool = False,
-              source_fd: int | None = None) -> None:
+              source_fd: int | None = None, mount_label: str | None = None) -> None:
     """Mount `m` beneath the rootfs.  `keep_writable`: leave out "ro" for now, so that
     mounts and device nodes can still go beneath it (see mount_all).  `source_fd`: the
     bind source, opened beforehand (see open_bind_sources)."""
     opts = mountopts.parse(m.options)
     if keep_writable:
-        opts = opts.without_readonly()
+        opts = opts.replace(flags=opts.flags & ~ksys.MS_RDONLY)
+    if mount_label:
+        from ocirun import lsm
+        opts = opts.replace(data=lsm.mount_data(m.type or "", opts.is_bind, opts.data,
+                                                mount_label))
     if m.type in ("proc", "sysfs"):
         _require_real_dir(root_fd, m)
     try:
@@ -407,7 +411,8 @@ def mount_all(spec: Spec, bundle: str, root_fd: int,
         covers = _beneath("/dev", m.destination) or any(
             _beneath(d, m.destination) for d in later)
         keep_writable = covers and mountopts.parse(m.options).flags & ksys.MS_RDONLY != 0
-        mount_one(root_fd, bundle, m, keep_writable, source_fds.get(i))
+        mount_one(root_fd, bundle, m, keep_writable, source_fds.get(i),
+                  spec.linux.mount_label)
         if keep_writable:
             deferred.append(m)
     return tuple(deferred)

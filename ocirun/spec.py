@@ -132,7 +132,7 @@ class Mount(Record):
 class Hook(Record):
     path: str
     args: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
+    env: tuple[str, ...] | None = None  # None: the runtime's own (runc and crun too)
     timeout: int | None = None
 
 
@@ -519,7 +519,7 @@ def _mount(v: Any, p: str) -> Mount:
 def _hook(v: Any, p: str) -> Hook:
     f = _Fields(v, p)
     return Hook(path=f.req("path", _abs_path), args=f.opt("args", _strings, ()),
-                env=f.opt("env", _strings, ()),
+                env=f.opt("env", _strings),
                 timeout=f.opt("timeout", lambda x, q: _int(x, q, 1)))
 
 

@@ -158,6 +158,7 @@ py=$(cd "$work" && python3 -c 'import os, sys; print(os.path.dirname(sys.executa
 exec </dev/null >/dev/console 2>&1
 mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null  # AppArmor profiles
 mkdir -p /dev/pts /dev/shm /dev/mqueue
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts /dev/pts
 ln -sfn pts/ptmx /dev/ptmx

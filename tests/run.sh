@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=""
 for pkg in python3 python3-pip python3-dev gcc libcap-dev libseccomp2 busybox-static runc crun \
-           golang-github-containers-common qemu-system-x86 kmod; do
+           golang-github-containers-common qemu-system-x86 kmod apparmor; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then

@@ -29,7 +29,7 @@ def test_features_document_has_the_runtime_spec_fields() -> None:
     assert seccomp["enabled"] is True
     assert "SCMP_ACT_ERRNO" in seccomp["actions"] and "SCMP_CMP_EQ" in seccomp["operators"]
     assert "SCMP_ARCH_X86_64" in seccomp["archs"] or "SCMP_ARCH_AARCH64" in seccomp["archs"]
-    assert linux["apparmor"] == {"enabled": False} and linux["selinux"] == {"enabled": False}
+    assert linux["apparmor"] == {"enabled": True} and linux["selinux"] == {"enabled": True}
     assert isinstance(doc["annotations"], dict)
     assert doc["annotations"]["io.github.seccomp.libseccomp.version"].count(".") == 2
 
