@@ -114,9 +114,10 @@ COMMANDS: dict[str, Command] = {
     ), summary="print resource usage and OOM events as JSON lines"),
     "features": Command("features", (), 0, 0,
                         summary="print the features this runtime supports (JSON)"),
-    "ps": Command("ps [--format table|json] <container-id>",
-                  (Flag("format", STR, ("--format", "-f"), "table"),),
-                  summary="list the processes of a container"),
+    "ps": Command("ps [--format table|json] <container-id> [ps options...]",
+                  (Flag("format", STR, ("--format", "-f"), "table"),), 1, 1 << 16,
+                  summary="list the processes of a container (ps(1), default -ef)",
+                  stop_at_arg=True),
 }
 
 _GLOBAL_FLAGS = (
@@ -252,7 +253,10 @@ def _cmd_create(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 def _cmd_run(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     from ocirun.lifecycle import run
-    return run(_root(g), args[0], _create_options(v, g), v["detach"])
+    if v["keep"] and v["detach"]:
+        raise UsageError("--keep and --detach cannot be used together (a detached "
+                         "container is kept anyway)")
+    return run(_root(g), args[0], _create_options(v, g), v["detach"], v["keep"])
 
 
 def _cmd_start(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
@@ -295,7 +299,7 @@ def _cmd_list(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
         for s in states:
             print(s.id)
     elif v["format"] == "json":
-        print(jsonio.dumps([s.to_oci() for s in states]))
+        print(jsonio.dumps([s.to_oci() for s in states], compact=True))  # as runc
     elif v["format"] == "table":
         rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
         rows += [(s.id, str(s.to_oci()["pid"]), s.status, s.bundle, s.created,
@@ -363,8 +367,13 @@ def _cmd_exec(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
         additional_gids=tuple(v["additional_gids"]), caps=tuple(v["cap"]),
         no_new_privs=v["no_new_privs"], preserve_fds=v["preserve_fds"],
         process_label=v["process_label"], apparmor=v["apparmor"],
-        ignore_paused=v["ignore_paused"])
-    return exec_in(_root(g), container_id, opts)
+        ignore_paused=v["ignore_paused"], cgroups=tuple(v["cgroup"]))
+    try:
+        return exec_in(_root(g), container_id, opts)
+    except OciError as e:
+        # runc's status when the process could not be run at all: 255 is out of the
+        # range a process's own exit status or 128+signal can take.
+        raise OciError(e.message, 255) from None
 
 
 def _cmd_update(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
@@ -387,14 +396,42 @@ def _cmd_features(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 
 def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    pids = _cgroup_of_running(g, args[0], ("created", "running", "paused"), "list "
-                              "processes of").pids()
-    if v["format"] == "json":
-        print(jsonio.dumps(pids))
+    """As runc: ps(1) with the options after the id (default -ef), filtered to the
+    container's processes by the PID column; a stopped container has none."""
+    from ocirun import state as st
+    container_id, ps_args = args[0], args[1:]
+    if v["format"] not in ("table", "json"):
+        raise UsageError(f"invalid --format {v['format']!r} (table or json)")
+    if st.load(st.open_container(_root(g), container_id)).status == "stopped":
+        pids: list[int] = []
     else:
-        print("PID")
-        for pid in pids:
-            print(pid)
+        pids = _cgroup_of_running(g, container_id, ("created", "running", "paused"),
+                                  "list processes of").pids()
+    if v["format"] == "json":
+        if ps_args:
+            raise UsageError("ps: options for ps(1) go with --format table only")
+        print(jsonio.dumps(pids, compact=True))
+        return 0
+    import subprocess
+    try:
+        r = subprocess.run(["ps", *(ps_args or ["-ef"])], stdin=subprocess.DEVNULL,
+                           capture_output=True)
+    except OSError as e:
+        raise OciError(f"ps: running ps(1): {(e.strerror or str(e)).lower()}") from None
+    if r.returncode != 0:
+        raise OciError(f"ps {' '.join(ps_args or ['-ef'])}: exit status {r.returncode}: "
+                       f"{r.stderr.decode(errors='replace').strip()}")
+    lines = r.stdout.decode(errors="replace").splitlines()
+    header = lines[0].split() if lines else []
+    if "PID" not in header:
+        raise OciError("ps: the output of ps(1) has no PID column")
+    column = header.index("PID")
+    wanted = set(pids)
+    print(lines[0])
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > column and fields[column].isdigit() and int(fields[column]) in wanted:
+            print(line)
     return 0
 
 

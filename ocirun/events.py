@@ -58,7 +58,7 @@ def stats_event(container_id: str, manager: Any) -> dict[str, Any]:
 
 
 def _emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")  # compact, as runc
     sys.stdout.flush()
 
 

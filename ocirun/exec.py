@@ -53,6 +53,7 @@ class ExecOptions(Record):
     process_label: str | None = None
     apparmor: str | None = None
     ignore_paused: bool = False
+    cgroups: tuple[str, ...] = ()  # --cgroup: sub-cgroups to run in (runc's format)
 
 
 # ------------------------------------------------------------------- the process
@@ -227,9 +228,14 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
         from ocirun import seccomp as sc
         seccomp = sc.prepare(spec.linux.seccomp, sc.cache_dir_for(root))
     cgroup = None
+    cgroup_paths = None
     if state.cgroup:
         from ocirun.cgroups import manager_from_state
         cgroup = manager_from_state(state.cgroup)
+        if opts.cgroups:
+            cgroup_paths = cgroup.sub_paths(opts.cgroups)
+    elif opts.cgroups:
+        raise OciError(f"exec --cgroup: container {container_id} has no cgroup")
     ours = console_sock = None
     if process.terminal:
         from ocirun import console
@@ -280,7 +286,7 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
         pid = 0
         try:
             parent.send("go")
-            pid = _drive(parent, spec, state, cgroup)
+            pid = _drive(parent, spec, state, cgroup, cgroup_paths)
             master = console.receive_master(ours) if ours is not None else -1
         except BaseException:
             if pid:
@@ -307,7 +313,8 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
         os.close(master)
 
 
-def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any) -> int:
+def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any,
+           cgroup_paths: dict[str, str] | None = None) -> int:
     """Answer the children until the process exec'd (EOF); returns its host pid."""
     pid = 0
     while True:
@@ -326,7 +333,7 @@ def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any) -> int:
             pid = msg["pid"]
             if cgroup is not None:
                 try:
-                    cgroup.add_process(pid)
+                    cgroup.add_process(pid, cgroup_paths)
                 except OSError as e:
                     raise OciError(f"exec: joining the container's cgroup: "
                                    f"{(e.strerror or str(e)).lower()}") from None

@@ -31,6 +31,7 @@ class _ScanContext:
 
 _scan: Any = None
 _encode: Any = None
+_encode_compact: Any = None
 
 
 def _unserializable(obj: Any) -> Any:
@@ -55,19 +56,27 @@ def loads(data: str | bytes | bytearray) -> Any:
         return json.loads(data)
 
 
-def dumps(obj: Any, indent: int | None = None) -> str:
-    """json.dumps(obj) (separators ", " and ": "), or json.dumps(obj, indent=N)."""
-    global _encode
+def dumps(obj: Any, indent: int | None = None, compact: bool = False) -> str:
+    """json.dumps(obj) (separators ", " and ": "), json.dumps(obj, indent=N), or with
+    `compact` the separators "," and ":" (Go's encoding/json, which runc prints)."""
+    global _encode, _encode_compact
     if _encode is None:
         _encode = _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii,
                                      None, ": ", ", ", False, False, True)
     try:
+        if compact:
+            if _encode_compact is None:
+                _encode_compact = _json.make_encoder(
+                    None, _unserializable, _json.encode_basestring_ascii, None, ":", ",",
+                    False, False, True)
+            return "".join(_encode_compact(obj, 0))
         if indent is None:
             return "".join(_encode(obj, 0))
         return "".join(_pretty(obj, " " * indent, "\n"))
     except (TypeError, ValueError):
         import json  # the slow path: non-string keys, or json's own error message
-        return json.dumps(obj, indent=indent)
+        return json.dumps(obj, indent=indent,
+                          separators=(",", ":") if compact else None)
 
 
 def _pretty(obj: Any, step: str, newline: str) -> Any:

@@ -228,7 +228,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         os.chmod(fifo, 0o622)
         cgroup = _make_cgroup(spec, container_id, opts, rootless, undo, root)
         state = st.State(id=container_id, bundle=bundle, rootfs=spec.root.path,
-                         created=st.rfc3339_now(), owner="", annotations=spec.annotations,
+                         created=st.rfc3339_now(), owner=_owner_name(), annotations=spec.annotations,
                          oci_version=spec.oci_version,
                          cgroup=cgroup.to_state() if cgroup is not None else {},
                          systemd_cgroup=opts.systemd_cgroup, status="creating",
@@ -291,6 +291,16 @@ def create(root: str, container_id: str, opts: CreateOptions,
         raise
 
 
+def _owner_name() -> str:
+    """The state's "owner", as runc: the name of the user that created it."""
+    import pwd
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _refuse_intel_rdt() -> None:
     """ocirun does not manage resctrl groups (`features` says so); the spec asks for an
     error where no resctrl filesystem is mounted, and we give one in every case."""
@@ -323,6 +333,11 @@ def _make_cgroup(spec: Spec, container_id: str, opts: CreateOptions, rootless: b
         _check_no_limits(spec)
         return None
     undo.push(cgroup.destroy)
+    if cgroup.is_frozen() or cgroup.frozen_from_above():
+        # A process placed there would stop before its first instruction, and create
+        # would wait for it forever (runc refuses it too).
+        raise OciError(f"cgroupsPath: the cgroup {cgroup.cgroups_path} is frozen: thaw it "
+                       "first (a container cannot start in it)")
     return cgroup
 
 
@@ -742,8 +757,10 @@ def state_of(root: str, container_id: str) -> dict[str, Any]:
     return st.load(cdir).to_oci()
 
 
-def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
-    """create + start; in the foreground, wait and return the container's status.
+def run(root: str, container_id: str, opts: CreateOptions, detach: bool,
+        keep: bool = False) -> int:
+    """create + start; in the foreground, wait and return the container's status,
+    then delete it unless `keep` (it stays, stopped, for `state` and `delete`).
     With process.terminal and no --console-socket, the runtime receives the pty
     master itself and attaches the caller's terminal to it."""
     if not detach:
@@ -791,7 +808,8 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool) -> int:
     finally:
         if master >= 0:
             os.close(master)
-    delete(root, container_id, force=True, stored=stored)
+    if not keep:
+        delete(root, container_id, force=True, stored=stored)
     return status
 
 

@@ -18,8 +18,18 @@ _debug = False
 
 
 def configure(path: str | None, fmt: str, debug: bool) -> None:
+    """Log to `path` (appended to, made if missing) from now on; a path that cannot
+    be written is an error now, as runc's, not a log silently lost later."""
     global _path, _json, _debug
-    _path, _json, _debug = path, fmt == "json", debug
+    _json, _debug = fmt == "json", debug
+    if path is not None:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o644))
+        except OSError as e:
+            from ocirun.errors import OciError
+            raise OciError(f"--log {path}: {os.strerror(e.errno).lower()}") from None
+    _path = path
 
 
 def one_line(msg: str) -> str:

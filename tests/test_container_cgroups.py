@@ -708,3 +708,112 @@ def test_cpu_quota_holds_a_busy_loop_near_five_percent(runtime: Runtime) -> None
     assert 0.02 <= used <= 0.09, f"yes got {used:.1%} of a CPU"
     throttled = (cg.keyed("cpu", "cpu.stat")["nr_throttled"])
     assert throttled > 0
+
+
+# ------------------------------------------------------------ runc parity (issue 13)
+def test_update_memory_minus_one_lifts_a_swap_limit_too(runtime: Runtime) -> None:
+    """v1 refuses a memory limit above memory+swap: -1 alone must lift both, as runc."""
+    cid, pid = create(runtime, runtime.bundle(edit=set_resources(
+        {"memory": {"limit": 64 * MiB, "swap": 128 * MiB}})))
+    cg = Cg(pid)
+    if cg.version("memory") is None:
+        pytest.skip("no memory controller")
+    ok(runtime, "update", "--memory", "-1", cid)
+    if cg.version("memory") == 1:
+        assert int(cg.read("memory", "memory.limit_in_bytes")) > 1 << 60
+        if cg.has("memory", "memory.memsw.limit_in_bytes"):
+            assert int(cg.read("memory", "memory.memsw.limit_in_bytes")) > 1 << 60
+    else:
+        assert cg.read("memory", "memory.max") == "max"
+        if cg.has("memory", "memory.swap.max"):
+            assert cg.read("memory", "memory.swap.max") == "max"
+
+
+def test_a_premade_cgroup_with_an_empty_cpuset_is_filled_in(runtime: Runtime) -> None:
+    """An engine's mkdir leaves a v1 cpuset empty, which no task may join (ENOSPC):
+    the runtime fills it from its parent, as runc.  (On v2 an empty cpuset means the
+    parent's: nothing to fill, and the container must simply run.)"""
+    path = f"{runtime.cgroup_prefix}-emptycpuset"
+    dirs = expected_dirs(path)
+    try:
+        for d in dirs.values():
+            os.mkdir(d)
+        cid, pid = create(runtime, runtime.bundle(edit=with_cgroups_path(path)))
+        assert Cg(pid).dirs == dirs
+        cg = Cg(pid)
+        if cg.version("cpuset") == 1:
+            own = cg.read("cpuset", "cpuset.cpus")
+            with open(os.path.join(os.path.dirname(cg.dir("cpuset") or ""),
+                                   "cpuset.cpus")) as f:
+                assert own and own == f.read().strip()
+        ok(runtime, "delete", "--force", cid)
+    finally:
+        for d in dirs.values():
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+def _freeze(dirs: dict[str, str], frozen: bool) -> None:
+    for key, d in dirs.items():
+        if key == detect.UNIFIED or key == "":
+            if os.path.exists(os.path.join(d, "cgroup.freeze")):
+                with open(os.path.join(d, "cgroup.freeze"), "w") as f:
+                    f.write("1" if frozen else "0")
+        elif "freezer" in key.split(","):
+            with open(os.path.join(d, "freezer.state"), "w") as f:
+                f.write("FROZEN" if frozen else "THAWED")
+
+
+def test_joining_a_frozen_cgroup_is_refused(runtime: Runtime) -> None:
+    """A process placed in a frozen cgroup stops before its first instruction (in D
+    state on v1): create must refuse at once instead of waiting for it forever."""
+    path = f"{runtime.cgroup_prefix}-frozen"
+    dirs = expected_dirs(path)
+    try:
+        make_cgroup(dirs)
+        _freeze(dirs, True)
+        cid = runtime.new_id()
+        started = time.monotonic()
+        r = runtime("create", "--bundle", str(runtime.bundle(edit=with_cgroups_path(path))),
+                    cid, timeout=T)
+        err = r.stderr.decode()
+        assert r.returncode != 0 and "is frozen" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert time.monotonic() - started < T
+        assert runtime("state", cid).returncode != 0
+        for d in dirs.values():
+            with open(os.path.join(d, "cgroup.procs")) as f:
+                assert f.read().split() == []
+    finally:
+        _freeze(dirs, False)
+        for d in dirs.values():
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+def test_exec_into_a_sub_cgroup(runtime: Runtime) -> None:
+    """`exec --cgroup [controller:]path`, as runc: the process lands in an existing
+    cgroup beneath the container's, as /proc/<pid>/cgroup shows."""
+    cid, pid = create(runtime, runtime.bundle())
+    ok(runtime, "start", cid)
+    cg = Cg(pid)
+    if cg.mode == "unified":
+        key, arg = detect.UNIFIED, "sub"
+    else:
+        h = cg.layout.v1_for("pids")
+        assert h is not None
+        key, arg = h.key, "pids:sub"
+    sub = os.path.join(cg.dirs[key], "sub")
+    os.mkdir(sub)
+    try:
+        r = runtime("exec", "--cgroup", arg, cid, "cat", "/proc/self/cgroup", timeout=T)
+        assert r.returncode == 0, r.stderr
+        lines = dict(line.split(":", 2)[1:] for line in r.stdout.decode().splitlines())
+        assert lines[key].endswith("/sub"), lines
+        for other, path in lines.items():  # every other hierarchy: the container's own
+            if other != key:
+                assert not path.endswith("/sub"), lines
+        r = runtime("exec", "--cgroup", "missing", cid, "true", timeout=T)
+        assert r.returncode == 255 and b"does not exist" in r.stderr, r.stderr
+    finally:
+        os.rmdir(sub)

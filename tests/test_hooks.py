@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Runtime, wait_for
+from conftest import Runtime, _env, wait_for
 
 HOOK = """#!/bin/sh
 # $1: the stage, $2: the log.  One line per call: stage, mount ns, env, stdin.
@@ -206,3 +206,42 @@ def test_hooks_get_only_stdio(runtime: Runtime) -> None:
     assert r.returncode == 0, r.stderr
     # 0-2, plus the one `ls` opens to read the directory
     assert len(out.read_text().split()) == 4
+
+
+def test_hooks_without_env_inherit_and_run_where_runc_runs_them(runtime: Runtime) -> None:
+    """As runc's `run`: a hook without `env` gets the runtime's environment (one with
+    `"env": []` gets none); the hooks in the runtime's namespaces run in the bundle,
+    createContainer in the rootfs (before pivot_root)."""
+    body = ('#!/bin/sh\necho "$1|$(pwd)|${OCIRUN_TEST_VAR-unset}" >> "$2"\n')
+    path = str(write_hook(runtime, "where.sh", body))
+    log = str(runtime.work / "where")
+
+    def plain(stage: str, **extra: Any) -> dict[str, Any]:
+        return {"path": path, "args": [path, stage, log], **extra}
+    hooks = {stage: [plain(stage)] for stage in
+             ("prestart", "createRuntime", "createContainer", "poststart", "poststop")}
+    hooks["prestart"].append(plain("prestart-empty-env", env=[]))
+    bundle = hooks_bundle(runtime, hooks, args=["true"])
+    env = {**_env(), "OCIRUN_TEST_VAR": "from-the-caller"}
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id(), env=env, cwd="/")
+    assert r.returncode == 0, r.stderr
+    rootfs = json.loads((bundle / "config.json").read_text())["root"]["path"]
+    seen = [line.split("|") for line in Path(log).read_text().splitlines()]
+    assert seen == [
+        ["prestart", str(bundle), "from-the-caller"],
+        ["prestart-empty-env", str(bundle), "unset"],
+        ["createRuntime", str(bundle), "from-the-caller"],
+        ["createContainer", rootfs, "from-the-caller"],
+        ["poststart", str(bundle), "from-the-caller"],
+        ["poststop", str(bundle), "from-the-caller"],
+    ], seen
+
+
+def test_a_failure_after_the_fifo_is_reported_once(runtime: Runtime) -> None:
+    write_hook(runtime)
+    bundle = hooks_bundle(runtime, {"startContainer": [
+        hook(f"{IN_CONTAINER}/hook.sh", "startContainer", f"{IN_CONTAINER}/log",
+             HOOK_EXIT="4")]}, args=["true"])
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id())
+    assert r.returncode != 0
+    assert r.stderr.count(b"startContainer hook") == 1, r.stderr

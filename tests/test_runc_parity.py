@@ -151,3 +151,64 @@ def test_no_mount_namespace_refuses_what_needs_one(runtime: Runtime) -> None:
     err = r.stderr.decode()
     assert r.returncode != 0 and err.count("\n") == 1, err
     assert "mounts" in err and "mount namespace" in err, err
+
+
+def test_list_and_events_print_compact_json_as_runc(runtime: Runtime) -> None:
+    cid = runtime.create(runtime.bundle())
+    r = runtime("list", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.decode()
+    assert line.count("\n") == 1 and '","' in line and ", " not in line, line
+    (entry,) = json.loads(line)
+    assert entry["id"] == cid and entry["owner"] == "root"
+    r = runtime("events", "--stats", cid)
+    assert r.returncode == 0, r.stderr
+    event = r.stdout.decode()
+    assert event.count("\n") == 1 and '":' in event and '": ' not in event, event
+    assert json.loads(event)["type"] == "stats"
+
+
+def test_ps_passes_its_arguments_to_ps_and_filters_the_container(runtime: Runtime) -> None:
+    cid = runtime.create(runtime.bundle(["sleep", "1000"]))
+    init = runtime.pid(cid)
+    runtime("start", cid)
+    r = runtime("ps", cid, "-o", "pid,comm")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split() == ["PID", "COMMAND"], lines
+    assert [ln.split() for ln in lines[1:]] == [[str(init), "sleep"]], lines
+    r = runtime("ps", cid)  # ps -ef by default: the init's line, and only it
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split()[:2] == ["UID", "PID"] and len(lines) == 2, lines
+    assert lines[1].split()[1] == str(init)
+    r = runtime("ps", cid, "--no-such-ps-option")
+    assert r.returncode != 0 and r.stderr.decode().count("\n") == 1, r.stderr
+    runtime("kill", cid, "KILL")
+    runtime.wait_status(cid, "stopped")
+    r = runtime("ps", cid)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines()[1:] == []  # the header only, as runc
+    r = runtime("ps", "--format", "json", cid)
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+
+
+def test_log_to_an_unusable_path_is_an_error(runtime: Runtime, tmp_path: Path) -> None:
+    bad = tmp_path / "no-such-dir" / "log"
+    r = runtime("--log", str(bad), "list")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"--log {bad}" in err and err.count("\n") == 1, err
+    good = tmp_path / "log"
+    r = runtime("--log", str(good), "state", "no-such-container")
+    assert r.returncode != 0 and "does not exist" in good.read_text()
+
+
+def test_run_keep_leaves_the_stopped_container(runtime: Runtime) -> None:
+    cid = runtime.new_id()
+    r = runtime("run", "--keep", "--bundle", str(runtime.bundle(["sh", "-c", "exit 3"])),
+                cid)
+    assert r.returncode == 3, r.stderr
+    state = runtime.state(cid)
+    assert state["status"] == "stopped", state
+    assert runtime("delete", cid).returncode == 0
+    r = runtime("run", "--keep", "-d", "--bundle", str(runtime.bundle()), runtime.new_id())
+    assert r.returncode != 0 and b"--keep" in r.stderr

@@ -85,6 +85,10 @@ class BaseManager:
     def is_frozen(self) -> bool:
         raise NotImplementedError
 
+    def frozen_from_above(self) -> bool:
+        """v1's freezer.state already reports a freezing parent (is_frozen)."""
+        return False
+
     def stats(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -154,9 +158,44 @@ class BaseManager:
         name = "memory.current" if self.version_of("memory") == 2 else "memory.usage_in_bytes"
         return fsutil.read_int(os.path.join(d, name))
 
-    def add_process(self, pid: int) -> None:
-        for directory in self.paths.values():
+    def add_process(self, pid: int, paths: dict[str, str] | None = None) -> None:
+        """Move `pid` into the container's cgroup (or into `paths`, see sub_paths)."""
+        for directory in (paths or self.paths).values():
             fsutil.write_pid(directory, pid)
+
+    def sub_paths(self, wanted: tuple[str, ...]) -> dict[str, str]:
+        """The directories for `exec --cgroup`: each of `wanted` is runc's
+        "[controller[,controller]:]path", an existing cgroup beneath the container's,
+        in the hierarchies of those controllers (all of them without a controller;
+        controllers can be named on cgroup v1 only)."""
+        paths = dict(self.paths)
+        for item in wanted:
+            controllers, _, sub = item.partition(":") if ":" in item else ("", "", item)
+            if ":" in sub:
+                raise OciError(f"exec --cgroup {item!r}: one \"controller:\" prefix at most")
+            if not controllers and len(wanted) > 1:
+                raise OciError(f"exec --cgroup {item!r}: with several --cgroup, each "
+                               "needs its controller: prefix")
+            clean = os.path.normpath("/" + sub).lstrip("/")
+            if not clean:
+                raise OciError(f"exec --cgroup {item!r}: no sub-cgroup named")
+            keys = list(self.paths)
+            if controllers:
+                if self.mode == "unified":
+                    raise OciError(f"exec --cgroup {item!r}: controllers can be named on "
+                                   "cgroup v1 only")
+                names = set(controllers.split(","))
+                keys = [k for k in self.paths if names & set(k.split(","))]
+                if not keys:
+                    raise OciError(f"exec --cgroup {item!r}: the container has no cgroup "
+                                   f"of controller {controllers}")
+            for key in keys:
+                directory = os.path.join(self.paths[key], clean)
+                if not os.path.isdir(directory):
+                    raise OciError(f"exec --cgroup {item!r}: {directory} does not exist "
+                                   "(a sub-cgroup must be made first)")
+                paths[key] = directory
+        return paths
 
     def pids(self) -> list[int]:
         return fsutil.procs(self.primary)

@@ -113,11 +113,17 @@ def _memory(m: Memory, v: int) -> list[Write]:
     out: list[Write] = []
     f = f"{_R}.memory"
     if v == 1:
+        # As runc: lifting the memory limit without a word on swap lifts both, or the
+        # kernel refuses a memory limit above the memory+swap one (EINVAL).
+        lift_swap = m.swap is None and m.limit is not None and m.limit < 0
         if m.limit is not None:
             out.append(_w("memory", "memory.limit_in_bytes", str(m.limit), f"{f}.limit",
-                          swap_next=m.swap is not None))
+                          swap_next=m.swap is not None or lift_swap))
         if m.swap is not None:
             out.append(_w("memory", "memory.memsw.limit_in_bytes", str(m.swap), f"{f}.swap"))
+        elif lift_swap:
+            out.append(_w("memory", "memory.memsw.limit_in_bytes", "-1", f"{f}.swap",
+                          optional=True))
         if m.reservation is not None:
             out.append(_w("memory", "memory.soft_limit_in_bytes", str(m.reservation),
                           f"{f}.reservation"))

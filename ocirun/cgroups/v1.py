@@ -75,14 +75,7 @@ class V1Manager(BaseManager):
 
     def _after_mkdir(self, key: str, made: list[str]) -> None:
         if "cpuset" in key.split(","):
-            # A new v1 cpuset is empty, and no task may join an empty cpuset:
-            # copy the parent's (already fixed, top-down) sets into each new level.
-            for d in made:
-                for name in ("cpuset.cpus", "cpuset.mems"):
-                    own = os.path.join(d, name)
-                    if not (fsutil.read_or_none(own) or "").strip():
-                        parent = fsutil.read(os.path.join(os.path.dirname(d), name)).strip()
-                        fsutil.write(own, parent)
+            _fill_cpuset(self.paths[key])
 
     def _prepare(self, writes: list[Write]) -> None:
         wanted = {c for c in controllers_of(writes) if self.version_of(c) == 2}
@@ -146,3 +139,26 @@ class V1Manager(BaseManager):
         if d is None:
             return 0
         return fsutil.read_keyed(os.path.join(d, "memory.oom_control")).get("oom_kill", 0)
+
+
+_CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")
+
+
+def _fill_cpuset(leaf: str) -> None:
+    """No task may join an empty v1 cpuset, and a new level starts empty (so may one
+    an engine made beforehand, as runc also handles): each empty level from the
+    nearest filled ancestor down gets its parent's sets."""
+    empty = []
+    d = leaf
+    while not all((fsutil.read_or_none(os.path.join(d, name)) or "").strip()
+                  for name in _CPUSET_FILES):
+        empty.append(d)
+        parent = os.path.dirname(d)
+        if parent == d or not os.path.exists(os.path.join(parent, "cpuset.cpus")):
+            break
+        d = parent
+    for d in reversed(empty):
+        for name in _CPUSET_FILES:
+            own = os.path.join(d, name)
+            if not (fsutil.read_or_none(own) or "").strip():
+                fsutil.write(own, fsutil.read(os.path.join(os.path.dirname(d), name)).strip())

@@ -99,6 +99,15 @@ class V2Manager(BaseManager):
     def is_frozen(self) -> bool:
         return (fsutil.read_or_none(os.path.join(self.leaf, "cgroup.freeze")) or "0").strip() == "1"
 
+    def frozen_from_above(self) -> bool:
+        """A frozen ancestor freezes us too, whatever our own cgroup.freeze says."""
+        d = os.path.dirname(self.leaf)
+        while os.path.exists(os.path.join(d, "cgroup.freeze")):
+            if (fsutil.read_or_none(os.path.join(d, "cgroup.freeze")) or "0").strip() == "1":
+                return True
+            d = os.path.dirname(d)
+        return False
+
     def kill_all(self, signum: int = SIGKILL) -> None:
         kill = os.path.join(self.leaf, "cgroup.kill")
         if signum == SIGKILL and os.path.exists(kill):
