@@ -375,6 +375,35 @@ def nnp(t: Ctx) -> None:
         expect_eq(f"NoNewPrivs with noNewPrivileges={value}", want, status_of(out).get("NoNewPrivs"))
 
 
+def _apparmor_enabled() -> bool:
+    try:
+        return read("/sys/module/apparmor/parameters/enabled").strip() == "Y"
+    except OSError:
+        return False
+
+
+@case("config/process", "apparmor-profile-not-applicable", MUST, "runtime.md#create",
+      "apparmorProfile (string, OPTIONAL) specifies the name of the AppArmor profile for "
+      "the process. [runtime.md#create] " + APPLY)
+def apparmor_unavailable(t: Ctx) -> str:
+    if _apparmor_enabled():
+        raise Skip("AppArmor is enabled here: a profile can be applied")
+    cfg = t.config(["true"])
+    cfg["process"]["apparmorProfile"] = "conformance-profile"
+    return expect_create_error(t, cfg, "an AppArmor profile on a host without AppArmor")
+
+
+@case("config/process", "selinux-label-not-applicable", MUST, "runtime.md#create",
+      "selinuxLabel (string, OPTIONAL) specifies the SELinux label for the process. "
+      "[runtime.md#create] " + APPLY)
+def selinux_unavailable(t: Ctx) -> str:
+    if os.path.exists("/sys/fs/selinux/enforce"):
+        raise Skip("SELinux is enabled here: a label can be applied")
+    cfg = t.config(["true"])
+    cfg["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0:c1,c2"
+    return expect_create_error(t, cfg, "an SELinux label on a host without SELinux")
+
+
 @case("config/process", "oom-score-adj", MUST, "config.md#linux-process",
       "If oomScoreAdj is set, the runtime MUST set oom_score_adj to the given value.")
 def oom_set(t: Ctx) -> None:

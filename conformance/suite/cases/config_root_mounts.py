@@ -171,6 +171,49 @@ def hostname(t: Ctx) -> None:
     check(os.uname().nodename != "conformance-host", "the host's hostname changed")
 
 
+@case("config/hostname", "hostname-in-joined-uts", MUST, "config.md#hostname",
+      "hostname (string, OPTIONAL) specifies the container's hostname as seen by processes "
+      "running inside the container. On Linux, for example, this will change the hostname "
+      "in the container UTS namespace. " + APPLY)
+def hostname_joined(t: Ctx) -> None:
+    import time
+    holder = t.helper(["unshare", "--uts", "sleep", "300"])
+    time.sleep(0.1)
+    path = f"/proc/{holder.pid}/ns/uts"
+
+    def mutate(cfg: dict) -> None:
+        cfg["hostname"] = "conformance-joined"
+        for ns in cfg["linux"]["namespaces"]:
+            if ns["type"] == "uts":
+                ns["path"] = path
+    out, _ = t.run_script("hostname", mutate)
+    expect_eq("hostname in the joined uts namespace", "conformance-joined", out.strip())
+    check(os.uname().nodename != "conformance-joined", "the host's hostname changed")
+
+
+@case("config/root", "no-mount-namespace", MUST, APPLY_REF,
+      "If a namespace type is not specified in the namespaces array, the container MUST "
+      "inherit the runtime namespace of that type. [config.md#root] path specifies the "
+      "path to the root filesystem for the container. " + APPLY)
+def root_without_mount_ns(t: Ctx) -> str:
+    """Either root.path is the process's root, or create refuses: never the host's /."""
+    cfg = t.config(["sleep", "300"])
+    cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"]
+                                  if n["type"] != "mount"]
+    cfg["mounts"] = []
+    cfg["root"]["readonly"] = False
+    for key in ("maskedPaths", "readonlyPaths"):
+        cfg["linux"].pop(key, None)
+    b = t.bundle(cfg)
+    c = t.create(b, ok=False)
+    if c.create is not None and c.create.rc != 0:
+        return expect_create_error(t, cfg, "no mount namespace (refused)")
+    root = os.readlink(f"/proc/{c.pid}/root")
+    check(root != "/", "the container process runs in the host's root")
+    expect_eq("the process's root", os.path.realpath(b.rootfs), root)
+    return "root.path applied"
+
+
 @case("config/hostname", "domainname", MUST, "config.md#domainname",
       "domainname (string, OPTIONAL) specifies the container's domainname as seen by "
       "processes running inside the container. On Linux, for example, this will change the "
