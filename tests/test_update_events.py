@@ -49,7 +49,7 @@ def test_ps_lists_host_pids_as_json_and_table(runtime: Runtime) -> None:
              what="two processes")
     pids = json.loads(runtime("ps", "--format", "json", cid).stdout)
     assert init in pids and all(os.path.exists(f"/proc/{p}") for p in pids)
-    table = runtime("ps", cid).stdout.decode().split()
+    table = runtime("ps", cid, "-o", "pid").stdout.decode().split()
     assert table[0] == "PID" and {int(p) for p in table[1:]} == set(pids)
 
 

@@ -45,8 +45,11 @@ class CgroupManager(Protocol):
     def update(self, resources: Resources) -> None:
         """Change live limits: only the fields set in `resources`; devices untouched."""
 
-    def add_process(self, pid: int) -> None:
-        """Move pid into the container's cgroup (every hierarchy)."""
+    def add_process(self, pid: int, paths: dict[str, str] | None = None) -> None:
+        """Move pid into the container's cgroup (every hierarchy), or into `paths`."""
+
+    def sub_paths(self, wanted: tuple[str, ...]) -> dict[str, str]:
+        """The directories of `exec --cgroup` sub-cgroups, per hierarchy."""
 
     def pids(self) -> list[int]:
         """Every pid in the container's cgroup (recursively)."""
@@ -60,6 +63,9 @@ class CgroupManager(Protocol):
     def thaw(self) -> None: ...
 
     def is_frozen(self) -> bool: ...
+
+    def frozen_from_above(self) -> bool:
+        """An ancestor is frozen (v2; v1's is_frozen already says so)."""
 
     def stats(self) -> dict[str, Any]:
         """A snapshot shaped like runc's `events --stats` "data" object."""

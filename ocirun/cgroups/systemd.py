@@ -281,11 +281,14 @@ class SystemdManager:
     def apply(self, resources: Resources | None) -> None:
         self._resources = resources  # written once the unit exists (add_process)
 
-    def add_process(self, pid: int) -> None:
+    def add_process(self, pid: int, paths: dict[str, str] | None = None) -> None:
         if self.inner is None:
             self._start(pid)  # which places the pid
         else:
-            self.inner.add_process(pid)  # exec: a process joining a running container
+            self.inner.add_process(pid, paths)  # exec: joining a running container
+
+    def sub_paths(self, wanted: tuple[str, ...]) -> dict[str, str]:
+        return self._fs().sub_paths(wanted)
 
     def _start(self, pid: int) -> None:
         from ocirun.cgroups import detect
@@ -454,6 +457,9 @@ class SystemdManager:
 
     def is_frozen(self) -> bool:
         return self.inner is not None and self.inner.is_frozen()
+
+    def frozen_from_above(self) -> bool:
+        return self.inner is not None and self.inner.frozen_from_above()
 
     def stats(self) -> dict[str, Any]:
         return self._fs().stats()
