@@ -230,7 +230,9 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     os.setsid()
     in_userns = linux.namespace("user") is not None
     mount_ns = linux.namespace("mount")
-    new_rootfs = mount_ns is not None and mount_ns.path is None
+    # A mount namespace joined by path gets the rootfs built in it too, as runc does
+    # (create refused the runtime's own: see spec.host_namespace_conflicts).
+    new_rootfs = mount_ns is not None
     writable_for_now: tuple[Any, ...] = ()
     if new_rootfs:
         rootfs.prepare_root(spec)

@@ -930,6 +930,9 @@ def host_namespace_conflicts(spec: Spec) -> None:
         ns_type = sysctl_namespace(key)
         if ns_type is not None:
             wanted.setdefault(ns_type, f"linux.sysctl.{key}")
+    mount_ns = spec.linux.namespace("mount")
+    if mount_ns is not None and mount_ns.path is not None:
+        wanted["mount"] = "linux.namespaces"  # pivot_root there would move the host's /
     from ocirun.sys import NAMESPACE_FILES
     for ns_type, json_path in wanted.items():
         ns = spec.linux.namespace(ns_type)
@@ -941,8 +944,10 @@ def host_namespace_conflicts(spec: Spec) -> None:
         except OSError:
             continue  # joining reports a path that cannot be opened
         if (given.st_dev, given.st_ino) == (own.st_dev, own.st_ino):
+            what = ("building the rootfs there" if ns_type == "mount"
+                    else "setting it")
             raise ConfigError(json_path, f"the {ns_type} namespace {ns.path} is the "
-                              "runtime's own: setting it would change the host")
+                              f"runtime's own: {what} would change the host")
 
 
 def parse_process(data: Any) -> Process:

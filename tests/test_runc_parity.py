@@ -212,3 +212,41 @@ def test_run_keep_leaves_the_stopped_container(runtime: Runtime) -> None:
     assert runtime("delete", cid).returncode == 0
     r = runtime("run", "--keep", "-d", "--bundle", str(runtime.bundle()), runtime.new_id())
     assert r.returncode != 0 and b"--keep" in r.stderr
+
+
+def test_a_joined_mount_namespace_gets_the_rootfs(runtime: Runtime) -> None:
+    """linux.namespaces mount with a path: the rootfs is built in that namespace, as
+    runc does (runtime-tools' linux_ns_path); the runtime's own is refused, since
+    pivot_root there would move the host's root."""
+    import subprocess
+    import time
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "300"],
+                              stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)
+        path = f"/proc/{holder.pid}/ns/mnt"
+
+        def join(spec: dict) -> None:
+            for ns in spec["linux"]["namespaces"]:
+                if ns["type"] == "mount":
+                    ns["path"] = path
+        r = runtime("run", "--bundle", str(runtime.bundle(["ls", "-a", "/"], edit=join)),
+                    runtime.new_id())
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.decode().split()) == sorted(
+            [".", "..", *os.listdir(runtime.rootfs)])
+    finally:
+        holder.kill()
+        holder.wait()
+
+    def own(spec: dict) -> None:
+        for ns in spec["linux"]["namespaces"]:
+            if ns["type"] == "mount":
+                ns["path"] = "/proc/self/ns/mnt"
+    with open("/proc/self/mountinfo") as f:
+        before = f.read()
+    r = runtime("run", "--bundle", str(runtime.bundle(["true"], edit=own)), runtime.new_id())
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "runtime's own" in err and err.count("\n") == 1, err
+    with open("/proc/self/mountinfo") as f:
+        assert f.read() == before
