@@ -22,7 +22,7 @@ import fcntl
 import os
 import sys
 
-from ocirun import jsonio
+from ocirun import jsonio, log
 from ocirun import state as st
 from ocirun import sys as ksys
 from ocirun.errors import OciError
@@ -152,6 +152,8 @@ class _Plan(Record):
     preserve_fds: int
     in_userns: bool
     console_fd: int = -1  # connected console socket: the pty master goes there
+    cgroup_fd: int = -1  # the cgroup2 directory to be born in (init.fork_in)
+    tasks_fds: tuple[int, ...] = ()  # v1 `tasks` files the process writes "0" to
 
 
 def _load_container(root: str, container_id: str, ignore_paused: bool
@@ -248,9 +250,14 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
                 # sized before execve, or the first output races the relay's resize
                 process = process.replace(console_size=ConsoleSize(height=size[0],
                                                                    width=size[1]))
+    born_in, own_tasks = (None, ())
+    if cgroup is not None and cgroup.self_placing and os.geteuid() == 0:
+        born_in, own_tasks = cgroup.placement(cgroup_paths)
+    placement_fds = _open_placement(born_in, own_tasks)
     plan = _Plan(process=process, seccomp=seccomp, preserve_fds=opts.preserve_fds,
                  in_userns=spec.linux.namespace("user") is not None,
-                 console_fd=console_sock.fileno() if console_sock is not None else -1)
+                 console_fd=console_sock.fileno() if console_sock is not None else -1,
+                 cgroup_fd=placement_fds[0], tasks_fds=placement_fds[1:])
     # Everything the children use is imported now: after setns(mount) the interpreter's
     # library is out of reach.
     import resource  # noqa: F401 - init._set_rlimits
@@ -280,13 +287,16 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
         child.close()
         for _t, fd in ns_fds:
             os.close(fd)
+        for fd in placement_fds:
+            if fd >= 0:
+                os.close(fd)
         if console_sock is not None:
             console_sock.close()  # the children have their copies
             console_sock = None
         pid = 0
         try:
             parent.send("go")
-            pid = _drive(parent, spec, state, cgroup, cgroup_paths)
+            pid = _drive(parent, spec, state, cgroup, cgroup_paths, born_in, bool(own_tasks))
             master = console.receive_master(ours) if ours is not None else -1
         except BaseException:
             if pid:
@@ -313,8 +323,27 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
         os.close(master)
 
 
+def _open_placement(born_in: str | None, tasks: tuple[str, ...]) -> tuple[int, ...]:
+    """fds of the cgroup2 directory (-1 if none) and the v1 `tasks` files, opened here:
+    the children resolve paths in the container's mount namespace."""
+    fds = [-1]
+    try:
+        if born_in is not None:
+            fds[0] = os.open(born_in, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for path in tasks:
+            fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+    except OSError as e:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        raise OciError(f"exec: joining the container's cgroup: "
+                       f"{os.strerror(e.errno).lower()} ({e.filename})") from None
+    return tuple(fds)
+
+
 def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any,
-           cgroup_paths: dict[str, str] | None = None) -> int:
+           cgroup_paths: dict[str, str] | None = None, born_in: str | None = None,
+           self_placed: bool = False) -> int:
     """Answer the children until the process exec'd (EOF); returns its host pid."""
     pid = 0
     while True:
@@ -333,7 +362,12 @@ def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any,
             pid = msg["pid"]
             if cgroup is not None:
                 try:
-                    cgroup.add_process(pid, cgroup_paths)
+                    if born_in is None and not self_placed:
+                        cgroup.add_process(pid, cgroup_paths)
+                    elif born_in is not None and not msg.get("born"):
+                        log.debug(f"cgroup placement: a cgroup.procs write ({msg.get('why')})")
+                        from ocirun.cgroups import fsutil
+                        fsutil.write_pid(born_in, pid)
                 except OSError as e:
                     raise OciError(f"exec: joining the container's cgroup: "
                                    f"{(e.strerror or str(e)).lower()}") from None
@@ -388,7 +422,7 @@ def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
         from ocirun.init import fork_and_report
-        if fork_and_report(ch) == 0:
+        if fork_and_report(ch, plan.cgroup_fd) == 0:
             _process(ch, plan)
     except BaseException as e:  # noqa: BLE001 - everything must reach the runtime
         _fail(ch, e)
@@ -398,6 +432,10 @@ def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn
 def _process(ch: Channel, plan: _Plan) -> NoReturn:
     from ocirun.init import exec_process, prepare_process
     try:
+        from ocirun.init import join_v1_cgroup
+        for fd in plan.tasks_fds:
+            join_v1_cgroup(fd)
+            os.close(fd)
         ch.expect("go")  # we are in the container's cgroup
         first = 3 + plan.preserve_fds
         if ch.fileno() < first:  # keep the channel clear of the preserved fds

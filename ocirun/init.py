@@ -40,6 +40,7 @@ class InitConfig(Record):
     console_fd: int | None = None  # connected console socket: the pty master goes there
     listen_fds: int = 0  # systemd socket-activation fds, passed at 3.. before preserve_fds
     session_keyring: str | None = None  # name of a new session keyring (runc's default)
+    cgroup_tasks: tuple[str, ...] = ()  # v1 `tasks` files stage1 writes "0" to itself
 
 
 def _fail(ch: Channel, e: BaseException) -> NoReturn:
@@ -60,6 +61,8 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 # ------------------------------------------------------------------------- stage 1
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
+        for tasks in cfg.cgroup_tasks:
+            join_v1_cgroup(tasks)
         if cfg.lock_fd >= 0:
             os.close(cfg.lock_fd)  # or `start` would wait for the init to exec
         linux = cfg.spec.linux
@@ -115,15 +118,55 @@ def _receive_bind_sources(ch: Channel, spec: Spec) -> None:
     _bind_source_fds = dict(zip(msg["mounts"], fds))
 
 
-def fork_and_report(ch: Channel) -> int:
-    """fork(), and send the child's pid to the runtime before the child may speak.
+def join_v1_cgroup(tasks: str | int) -> None:
+    """Move this single-threaded process into a v1 cgroup by writing "0" to its
+    `tasks` (a path, or an fd of it opened by the runtime): a thread moving itself
+    does not take the cgroup threadgroup lock for writing, which the runtime's write
+    of our pid would (an RCU grace period)."""
+    try:
+        fd = tasks if isinstance(tasks, int) else os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            if fd is not tasks:
+                os.close(fd)
+    except OSError as e:
+        where = os.path.dirname(tasks) if isinstance(tasks, str) else "a v1 cgroup"
+        raise OciError(f"cgroups: joining {where}: {os.strerror(e.errno).lower()}") from None
+
+
+# OCIRUN_PLACEMENT=fork: always the fallback of fork_in (tests, comparisons).
+_FORCE_FORK = os.environ.get("OCIRUN_PLACEMENT") == "fork"
+
+
+def fork_in(cgroup_fd: int = -1) -> tuple[int, bool, str]:
+    """fork(); with `cgroup_fd` (a cgroup2 directory), the child born in that cgroup
+    (clone3 CLONE_INTO_CGROUP) where the kernel allows it.  Returns (pid, born there,
+    why not); pid is 0 in the child.  A kernel or directory that cannot (ENOSYS before
+    5.3, E2BIG before 5.7, EINVAL, EPERM, ENOENT across an nsdelegate boundary...) gets
+    a plain fork, and the caller writes the pid to cgroup.procs."""
+    why = ""
+    if cgroup_fd >= 0:
+        if _FORCE_FORK:
+            why = "OCIRUN_PLACEMENT=fork"
+        else:
+            try:
+                return ksys.fork_into_cgroup(cgroup_fd), True, ""
+            except OSError as e:
+                why = f"clone3: {os.strerror(e.errno).lower()}"
+    return os.fork(), False, why
+
+
+def fork_and_report(ch: Channel, cgroup_fd: int = -1) -> int:
+    """fork() (into `cgroup_fd`'s cgroup if it can: fork_in), and send the child's pid
+    to the runtime before the child may speak.
 
     Parent and child write to the same socket: a parent descheduled right after fork
     must not let the child's messages overtake "pid".  The child waits on a pipe until
     the pid went out; if its parent died first, it sees EOF and leaves without a word,
     so the runtime sees EOF too rather than waiting forever.  Returns 0 in the child."""
     gate_r, gate_w = os.pipe()
-    pid = os.fork()
+    pid, born, why = fork_in(cgroup_fd)
     if pid == 0:
         os.close(gate_w)
         try:
@@ -135,7 +178,7 @@ def fork_and_report(ch: Channel) -> int:
             os._exit(1)
         return 0
     os.close(gate_r)
-    ch.send("pid", pid=pid)
+    ch.send("pid", pid=pid, born=born, why=why)
     os.write(gate_w, b"1")
     os.close(gate_w)
     return pid

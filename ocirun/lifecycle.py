@@ -243,8 +243,10 @@ def create(root: str, container_id: str, opts: CreateOptions,
                 console_sock = console.connect(opts.console_socket or "")
                 undo.push(console_sock.close)
             console_fd = console_sock.fileno()
+        born_in, own_tasks = (cgroup.placement() if cgroup is not None and not rootless
+                              and cgroup.self_placing else (None, ()))
         cfg = InitConfig(spec=spec, bundle=bundle, exec_fifo_fd=fifo_fd,
-                         lock_fd=cdir.lock_fd,
+                         lock_fd=cdir.lock_fd, cgroup_tasks=own_tasks,
                          no_pivot=opts.no_pivot, preserve_fds=opts.preserve_fds,
                          seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
                          session_keyring=None if opts.no_new_keyring else container_id)
@@ -253,7 +255,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         # child, so a death during create is reported with its signal; when we exit it
         # moves on to the caller's subreaper, as it would have anyway.
         ksys.set_child_subreaper()
-        stage1_pid = os.fork()
+        stage1_pid, born = _fork_stage1(born_in)
         if stage1_pid == 0:
             parent.close()
             stage1(child, cfg)
@@ -266,8 +268,16 @@ def create(root: str, container_id: str, opts: CreateOptions,
             undo.push(_kill_own_processes, cgroup)
         undo.push(_kill_and_reap, stage1_pid)
         if cgroup is not None:  # stage1 imports meanwhile: see init.stage1
-            cgroup.apply(spec.linux.resources)  # before any process of it is inside
-            _join_cgroup(cgroup, stage1_pid, spec, rootless)
+            # Before the init (ours until "go") runs anything of the container's.
+            cgroup.apply(spec.linux.resources)
+            if born_in is None and not own_tasks:
+                _join_cgroup(cgroup, stage1_pid, spec, rootless)
+            elif born_in is not None and not born:
+                from ocirun.cgroups import fsutil
+                fsutil.write_pid(born_in, stage1_pid)
+            if own_tasks:
+                log.debug(f"cgroup placement: stage1 writes 0 to tasks in {len(own_tasks)} "
+                          "v1 hierarchies itself")
             state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
         # (stage1 needs no record: without us it leaves on its own, and so does an init
         # whose pid it could not report.)
@@ -278,6 +288,9 @@ def create(root: str, container_id: str, opts: CreateOptions,
         if not state.pid_start:
             why = _death_of(state.pid, 0.5)
             raise OciError(f"container init exited during create{': ' + why if why else ''}")
+        if (born_in is not None or own_tasks) and not cgroup.placed(state.pid):
+            raise OciError(f"cgroups: the init ({state.pid}) is not in the container's "
+                           f"cgroup {cgroup.cgroups_path} (see /proc/{state.pid}/cgroup)")
         state.status = "created"
         state.creating = False
         cdir.write(state)
@@ -299,6 +312,26 @@ def _owner_name() -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _fork_stage1(cgroup2_dir: str | None) -> tuple[int, bool]:
+    """fork(); stage1 born in `cgroup2_dir` where the kernel can (see init.fork_in)."""
+    from ocirun.init import fork_in
+    fd = -1
+    if cgroup2_dir is not None:
+        try:
+            fd = os.open(cgroup2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            log.debug(f"cgroup placement: fork, then a cgroup.procs write ({e})")
+    try:
+        pid, born, why = fork_in(fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)  # in the child as well: it needs it no more
+    if pid and cgroup2_dir is not None:
+        log.debug(f"cgroup placement: clone3 into {cgroup2_dir}" if born else
+                  f"cgroup placement: fork, then a cgroup.procs write ({why})")
+    return pid, born
 
 
 def _refuse_intel_rdt() -> None:

@@ -817,3 +817,59 @@ def test_exec_into_a_sub_cgroup(runtime: Runtime) -> None:
         assert r.returncode == 255 and b"does not exist" in r.stderr, r.stderr
     finally:
         os.rmdir(sub)
+
+
+# ---------------------------------------------------- placement without the writer lock
+def _placed_where(rt: Runtime, placement: str) -> tuple[dict[str, str], str]:
+    """create (--debug) a container and read its init's cgroups from the host."""
+    env = None
+    if placement == "fork":
+        from conftest import _env
+        env = {**_env(), "OCIRUN_PLACEMENT": "fork"}
+    bundle = rt.bundle(["sleep", "1000"])
+    cid = rt.new_id()
+    pid_file = rt.work / f"{cid}.pid"
+    r = rt("--debug", "create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid,
+           timeout=T, env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    return Cg(int(pid_file.read_text())).dirs, r.stderr.decode()
+
+
+@pytest.mark.parametrize("placement", ["clone3", "fork"])
+def test_the_init_is_placed_in_every_hierarchy(runtime: Runtime, placement: str) -> None:
+    """stage1 is born in the cgroup2 directory (clone3 CLONE_INTO_CGROUP) or, forced
+    with OCIRUN_PLACEMENT=fork, forked and written to cgroup.procs; v1 hierarchies are
+    joined by stage1 writing 0 to their tasks.  Either way the kernel shows the init
+    in every one of the container's directories, and --debug says which path ran."""
+    own = Cg("self")
+    dirs, debug = _placed_where(runtime, placement)
+    assert set(dirs) == set(own.dirs)
+    for key, d in dirs.items():
+        assert os.path.dirname(d) == own.dirs[key], (key, d)
+        assert os.path.basename(d).startswith(runtime.cgroup_prefix), (key, d)
+    if detect.UNIFIED in own.dirs:
+        if placement == "clone3":
+            assert "cgroup placement: clone3 into" in debug, debug
+        else:
+            assert "OCIRUN_PLACEMENT=fork" in debug, debug
+    if own.mode != "unified":
+        assert "writes 0 to tasks" in debug, debug
+
+
+@pytest.mark.parametrize("placement", ["clone3", "fork"])
+def test_an_exec_process_is_placed_in_every_hierarchy(runtime: Runtime,
+                                                      placement: str) -> None:
+    cid, pid = create(runtime, runtime.bundle(["sleep", "1000"], edit=without_ns("cgroup")))
+    ok(runtime, "start", cid)
+    env = None
+    if placement == "fork":
+        from conftest import _env
+        env = {**_env(), "OCIRUN_PLACEMENT": "fork"}
+    r = runtime("exec", cid, "cat", "/proc/self/cgroup", timeout=T, env=env)
+    assert r.returncode == 0, r.stderr
+    seen = {}
+    for line in r.stdout.decode().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        seen[",".join(sorted(c for c in ctrls.split(",") if c))] = path
+    init = detect.proc_cgroups(pid)
+    assert seen == init, (seen, init)

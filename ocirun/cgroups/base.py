@@ -44,6 +44,7 @@ FREEZE_TIMEOUT = 5.0
 
 class BaseManager:
     mode = ""  # "v1", "hybrid" or "unified"
+    self_placing = True  # see placement(); systemd moves the pid itself
 
     def __init__(self, cgroups_path: str, paths: dict[str, str],
                  created: list[str] | None = None, *, adopted: list[str] | None = None,
@@ -157,6 +158,34 @@ class BaseManager:
             return None
         name = "memory.current" if self.version_of("memory") == 2 else "memory.usage_in_bytes"
         return fsutil.read_int(os.path.join(d, name))
+
+    def placement(self, paths: dict[str, str] | None = None) -> tuple[str | None, tuple[str, ...]]:
+        """How a new process can join without anyone writing its pid to cgroup.procs
+        (which takes the cgroup threadgroup lock for writing: an RCU grace period):
+        the cgroup2 directory to be born in (clone3 CLONE_INTO_CGROUP), and the v1
+        `tasks` files a single-threaded process writes "0" to itself."""
+        born_in = None
+        tasks = []
+        for key, directory in (paths or self.paths).items():
+            if key == "":
+                born_in = directory
+            else:
+                tasks.append(os.path.join(directory, "tasks"))
+        return born_in, tuple(tasks)
+
+    def placed(self, pid: int, paths: dict[str, str] | None = None) -> bool:
+        """Whether /proc/<pid>/cgroup shows pid in every directory of ours."""
+        from ocirun.cgroups import detect
+        try:
+            seen = detect.proc_cgroups(pid)
+        except OSError:
+            return False
+        for key, directory in (paths or self.paths).items():
+            path = seen.get(key)
+            if path is None or not os.path.normpath(directory).endswith(
+                    os.path.normpath(path) if path != "/" else ""):
+                return False
+        return True
 
     def add_process(self, pid: int, paths: dict[str, str] | None = None) -> None:
         """Move `pid` into the container's cgroup (or into `paths`, see sub_paths)."""

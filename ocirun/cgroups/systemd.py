@@ -249,6 +249,8 @@ def _properties(res: Resources | None, unified: bool) -> list[tuple[str, Any]]:
 class SystemdManager:
     """A transient unit from systemd, with the file manager working inside it."""
 
+    self_placing = False  # StartTransientUnit places the pid
+
     def __init__(self, path: SystemdPath, container_id: str,
                  inner: CgroupManager | None = None) -> None:
         self.path = path

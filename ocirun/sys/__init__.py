@@ -76,6 +76,9 @@ _SYS_FSOPEN = 430
 _SYS_FSCONFIG = 431
 _SYS_FSMOUNT = 432
 _SYS_OPENAT2 = 437
+_SYS_CLONE3 = 435
+CLONE_INTO_CGROUP = 0x200000000
+_SIGCHLD = 17
 FSOPEN_CLOEXEC = 0x1
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
@@ -196,6 +199,39 @@ def loopback_up() -> None:
                         (flags | 0x1).to_bytes(2, sys.byteorder) + bytes(22))
     finally:
         sock.close()
+
+
+_pydll: ctypes.PyDLL | None = None
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """fork(), the child born in the cgroup2 directory `cgroup_fd`:
+    clone3(CLONE_INTO_CGROUP) (Linux 5.7+) places it under the read side of the
+    cgroup threadgroup lock, where a write to cgroup.procs takes the write side and
+    waits out an RCU grace period (~8 ms here).  Done as os.fork does it: the GIL held
+    across the call (PyDLL) and the interpreter's own before/after-fork steps around
+    it, so the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS,
+    E2BIG, EINVAL on kernels or directories that cannot do it).  Returns 0 in the
+    child.  Unlike glibc's fork the child's cached thread id stays the parent's: the
+    child must not use pthread_kill/raise (ours exec or fork before they could)."""
+    global _pydll
+    _libc()
+    if _pydll is None:
+        _pydll = ctypes.PyDLL(None, use_errno=True)
+        _pydll.syscall.restype = ctypes.c_long
+    args = (ctypes.c_uint64 * 11)(CLONE_INTO_CGROUP, 0, 0, 0, _SIGCHLD, 0, 0, 0, 0, 0,
+                                  cgroup_fd)
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _pydll.syscall(ctypes.c_long(_SYS_CLONE3), args, ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return pid
 
 
 def set_dumpable(dumpable: bool) -> None:
