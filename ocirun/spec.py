@@ -872,6 +872,12 @@ def _check_semantics(spec: Spec) -> None:
     for key in linux.sysctl:
         if not key or "/" in key or any(not part for part in key.split(".")):
             raise ConfigError(f"linux.sysctl.{key}", "is not a valid sysctl name")
+        if key == "kernel.hostname":  # as runc and crun
+            raise ConfigError(f"linux.sysctl.{key}", "conflicts with the hostname field: "
+                              "set the hostname there")
+        if key == "kernel.domainname" and spec.domainname is not None and \
+                spec.domainname != linux.sysctl[key]:
+            raise ConfigError(f"linux.sysctl.{key}", "conflicts with the domainname field")
         ns_type = sysctl_namespace(key)
         if ns_type is None:
             raise ConfigError(f"linux.sysctl.{key}", "is not namespaced: setting it would "

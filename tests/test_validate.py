@@ -474,6 +474,12 @@ PARSER_ONLY: list[tuple[str, Any, str, str]] = [
      "the domainname is the uts namespace's too"),
     ("sysctl-not-namespaced", cfg(linux={"sysctl": {"kernel.pid_max": "4096"}}),
      "linux.sysctl.kernel.pid_max", "a sysctl of the whole host (runc, crun refuse)"),
+    ("sysctl-kernel-hostname", cfg(linux={"namespaces": [{"type": "uts"}],
+                                          "sysctl": {"kernel.hostname": "x"}}),
+     "linux.sysctl.kernel.hostname", "the hostname field's job (runc, crun refuse)"),
+    ("sysctl-domainname-conflict", cfg(domainname="a", linux={
+        "namespaces": [{"type": "uts"}], "sysctl": {"kernel.domainname": "b"}}),
+     "linux.sysctl.kernel.domainname", "two values for one setting"),
     ("ipc-sysctl-without-ipcns", cfg(linux={"sysctl": {"fs.mqueue.queues_max": "1"}}),
      "linux.sysctl.fs.mqueue.queues_max", "it would be the host's ipc namespace"),
     ("net-sysctl-without-netns", cfg(linux={"sysctl": {"net.ipv4.ping_group_range": "0 0"}}),
