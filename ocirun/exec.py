@@ -86,7 +86,7 @@ def _read_process_file(path: str) -> Process:
         except OSError as e:
             raise OciError(f"--process -: {(e.strerror or str(e)).lower()}") from None
     else:
-        data = read_config_bytes(path, f"--process {path}")
+        data = read_config_bytes(path, f"--process {path}", pipe_ok=True)
     try:
         return parse_process(jsonio.loads(data))
     except RecursionError:
@@ -309,9 +309,14 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
         for sock in (ours, console_sock):
             if sock is not None:
                 sock.close()
+    log.debug(f"exec: process {pid} started in container {container_id}")
     if opts.pid_file:
         from ocirun.lifecycle import _write_pid_file
-        _write_pid_file(opts.pid_file, pid)
+        try:
+            _write_pid_file(opts.pid_file, pid)
+        except OSError as e:
+            raise OciError(f"--pid-file {opts.pid_file}: "
+                           f"{(e.strerror or str(e)).lower()}") from None
     if opts.detach:
         return 0
     from ocirun.lifecycle import _FORWARDED, _exit_status, _wait_forwarding_signals

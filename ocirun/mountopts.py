@@ -34,6 +34,23 @@ PROPAGATION: dict[str, int] = {
     "unbindable": ksys.MS_UNBINDABLE, "runbindable": ksys.MS_UNBINDABLE | ksys.MS_REC,
 }
 
+# Recursive options (runtime-spec 1.1, mount_setattr(2) with AT_RECURSIVE, Linux 5.12+):
+# option -> (attributes to set, attributes to clear).
+_ATIME = ksys.MOUNT_ATTR__ATIME
+_RECURSIVE: dict[str, tuple[int, int]] = {
+    "rro": (ksys.MOUNT_ATTR_RDONLY, 0), "rrw": (0, ksys.MOUNT_ATTR_RDONLY),
+    "rnosuid": (ksys.MOUNT_ATTR_NOSUID, 0), "rsuid": (0, ksys.MOUNT_ATTR_NOSUID),
+    "rnodev": (ksys.MOUNT_ATTR_NODEV, 0), "rdev": (0, ksys.MOUNT_ATTR_NODEV),
+    "rnoexec": (ksys.MOUNT_ATTR_NOEXEC, 0), "rexec": (0, ksys.MOUNT_ATTR_NOEXEC),
+    "rnodiratime": (ksys.MOUNT_ATTR_NODIRATIME, 0),
+    "rdiratime": (0, ksys.MOUNT_ATTR_NODIRATIME),
+    "rrelatime": (ksys.MOUNT_ATTR_RELATIME, _ATIME), "rnorelatime": (0, _ATIME),
+    "rnoatime": (ksys.MOUNT_ATTR_NOATIME, _ATIME), "ratime": (0, _ATIME),
+    "rstrictatime": (ksys.MOUNT_ATTR_STRICTATIME, _ATIME), "rnostrictatime": (0, _ATIME),
+    "rnosymfollow": (ksys.MOUNT_ATTR_NOSYMFOLLOW, 0),
+    "rsymfollow": (0, ksys.MOUNT_ATTR_NOSYMFOLLOW),
+}
+
 # Options the runtime handles itself rather than passing to the kernel.
 _RUNTIME_ONLY = {"tmpcopyup", "idmap", "ridmap", "copy-symlink"}
 
@@ -43,6 +60,7 @@ class MountOptions(Record):
     propagation: tuple[int, ...]
     data: str
     extensions: frozenset[str]
+    recursive: tuple[int, int] = (0, 0)  # mount_setattr attributes (set, clear)
 
     @property
     def is_bind(self) -> bool:
@@ -54,6 +72,7 @@ def parse(options: tuple[str, ...]) -> MountOptions:
     propagation: list[int] = []
     data: list[str] = []
     extensions: set[str] = set()
+    rec_set = rec_clr = 0
     for opt in options:
         if opt in _FLAGS:
             clear, flag = _FLAGS[opt]
@@ -62,10 +81,15 @@ def parse(options: tuple[str, ...]) -> MountOptions:
             propagation.append(PROPAGATION[opt])
         elif opt in _RUNTIME_ONLY:
             extensions.add(opt)
+        elif opt in _RECURSIVE:
+            add, drop = _RECURSIVE[opt]
+            rec_set = (rec_set & ~drop) | add
+            rec_clr = (rec_clr & ~add) | drop
         else:
             data.append(opt)
-    return MountOptions(flags, tuple(propagation), ",".join(data), frozenset(extensions))
+    return MountOptions(flags, tuple(propagation), ",".join(data), frozenset(extensions),
+                        (rec_set, rec_clr))
 
 
 def known_options() -> list[str]:
-    return sorted([*_FLAGS, *PROPAGATION, "tmpcopyup"])
+    return sorted([*_FLAGS, *PROPAGATION, *_RECURSIVE, "tmpcopyup"])

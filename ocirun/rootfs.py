@@ -263,6 +263,9 @@ def mount_one(root_fd: int, bundle: str, m: Mount, keep_writable: bool = False,
             ksys.mount(m.source or m.type, target.path, m.type, opts.flags, opts.data or None)
         if opts.propagation:
             _set_propagation(target.mounted(), opts.propagation)
+        if opts.recursive != (0, 0):
+            target.mounted()
+            ksys.mount_setattr_recursive(target.fd, *opts.recursive)
     except OSError as e:
         raise _mount_error(m, e) from None
     finally:

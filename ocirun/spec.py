@@ -969,18 +969,20 @@ def parse_resources(data: Any) -> Resources:
 MAX_CONFIG_BYTES = 16 << 20  # an engine's config with a seccomp profile is ~100 KiB
 
 
-def read_config_bytes(path: str, what: str) -> bytes:
+def read_config_bytes(path: str, what: str, pipe_ok: bool = False) -> bytes:
     """The bytes of a config file: a regular file (a FIFO or a device would hang or
-    never end) of at most MAX_CONFIG_BYTES."""
+    never end) of at most MAX_CONFIG_BYTES.  `pipe_ok`: a pipe or FIFO too, read to
+    its end (the caller's own `exec -p <(...)`, as runc takes it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY |
+                     (0 if pipe_ok else os.O_NONBLOCK))
     except OSError as e:
         raise OciError(f"{what}: {(e.strerror or str(e)).lower()}") from None
     try:
         import stat
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OciError(f"{what}: not a regular file")
+        if not (stat.S_ISREG(st.st_mode) or pipe_ok and stat.S_ISFIFO(st.st_mode)):
+            raise OciError(f"{what}: not a regular file" + (" or a pipe" if pipe_ok else ""))
         if st.st_size > MAX_CONFIG_BYTES:
             raise OciError(f"{what}: {st.st_size} bytes, more than the "
                            f"{MAX_CONFIG_BYTES >> 20} MiB a config may have")

@@ -311,3 +311,15 @@ def test_exec_errors_reach_the_json_log_and_work_without_path(runtime: Runtime) 
     assert {"level", "msg", "time"} <= set(last)
     r = runtime("exec", cid, "/bin/echo", "ok", env={"PYTHONPATH": str(REPO)})
     assert r.returncode == 0 and r.stdout == b"ok\n", r.stderr
+
+
+def test_exec_process_file_from_a_pipe(runtime: Runtime) -> None:
+    """`exec -p <(...)` as runc takes it: the caller's own pipe is read to its end."""
+    cid = _running(runtime)
+    process = json.dumps({"args": ["echo", "from-a-pipe"], "cwd": "/",
+                          "user": {"uid": 0, "gid": 0}})
+    r = runtime("exec", "-p", "/dev/stdin", cid, input=process.encode())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == b"from-a-pipe"
+    r = runtime("exec", "--pid-file", "/no-such-dir/pid", cid, "true")
+    assert r.returncode == 255 and r.stderr.count(b"\n") == 1, r.stderr

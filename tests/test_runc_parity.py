@@ -250,3 +250,31 @@ def test_a_joined_mount_namespace_gets_the_rootfs(runtime: Runtime) -> None:
     assert r.returncode != 0 and "runtime's own" in err and err.count("\n") == 1, err
     with open("/proc/self/mountinfo") as f:
         assert f.read() == before
+
+
+def test_recursive_read_only_bind(runtime: Runtime, tmp_path: Path) -> None:
+    """"rro" (runtime-spec 1.1, mount_setattr AT_RECURSIVE): the bind and every mount
+    beneath it are read-only; plain "ro" leaves the submount writable.  It used to be
+    passed as filesystem data, which a bind ignores: silently not applied."""
+    import subprocess
+    from conftest import _env
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    tmp_path.chmod(0o755)
+
+    def edit(spec: dict) -> None:
+        spec["mounts"] += [
+            {"destination": "/rro", "type": "bind", "source": str(source),
+             "options": ["rbind", "rro"]},
+            {"destination": "/ro", "type": "bind", "source": str(source),
+             "options": ["rbind", "ro"]}]
+    script = ("for d in /rro /rro/sub /ro /ro/sub; do touch $d/f 2>/dev/null && "
+              "echo $d=rw || echo $d=ro; done")
+    bundle = runtime.bundle(["sh", "-c", script], edit=edit)
+    cmd = " ".join([*runtime.argv, "--root", str(runtime.root), "run", "--bundle",
+                    str(bundle), runtime.new_id()])
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs sub {source / 'sub'} && exec {cmd}"],
+                       capture_output=True, env=_env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["/rro=ro", "/rro/sub=ro", "/ro=ro", "/ro/sub=rw"]

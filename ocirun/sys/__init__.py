@@ -86,6 +86,16 @@ FSMOUNT_CLOEXEC = 0x1
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+_SYS_MOUNT_SETATTR = 442
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
 
 # openat2(2) resolve flags
 RESOLVE_NO_XDEV = 0x01
@@ -166,6 +176,13 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, resolve)
     return _check(_libc().syscall(_SYS_OPENAT2, dir_fd, _b(path), how, ctypes.sizeof(how)),
                   "openat2", path)
+
+
+def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
+    """mount_setattr(2) on the mount `fd` names and every mount beneath it."""
+    attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
+    _check(_libc().syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
+                           attr, ctypes.sizeof(attr)), "mount_setattr")
 
 
 def fsmount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
