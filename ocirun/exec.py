@@ -87,8 +87,11 @@ def _read_process_file(path: str) -> Process:
             raise OciError(f"--process -: {(e.strerror or str(e)).lower()}") from None
     else:
         data = read_config_bytes(path, f"--process {path}", pipe_ok=True)
+    from ocirun.errors import ConfigError
     try:
         return parse_process(jsonio.loads(data))
+    except ConfigError as e:  # the file's own paths, not config.json's
+        raise OciError(f"--process {path}: {e.path}: {e.problem}") from None
     except RecursionError:
         raise OciError(f"--process {path}: invalid JSON: nested too deep") from None
     except (ValueError, UnicodeDecodeError) as e:

@@ -957,7 +957,10 @@ def host_namespace_conflicts(spec: Spec) -> None:
 
 
 def parse_process(data: Any) -> Process:
-    """A decoded process object on its own (`exec --process FILE`)."""
+    """A decoded process object on its own (`exec --process FILE`).  Without `user`,
+    root (runc takes such a file too: its zero value is uid 0, gid 0)."""
+    if isinstance(data, dict) and "user" not in data:
+        data = {**data, "user": {"uid": 0, "gid": 0}}
     return _process(data, "process")
 
 

@@ -316,10 +316,17 @@ def test_exec_errors_reach_the_json_log_and_work_without_path(runtime: Runtime) 
 def test_exec_process_file_from_a_pipe(runtime: Runtime) -> None:
     """`exec -p <(...)` as runc takes it: the caller's own pipe is read to its end."""
     cid = _running(runtime)
-    process = json.dumps({"args": ["echo", "from-a-pipe"], "cwd": "/",
-                          "user": {"uid": 0, "gid": 0}})
+    process = json.dumps({"args": ["echo", "from-a-pipe"], "cwd": "/"})  # no user: root
     r = runtime("exec", "-p", "/dev/stdin", cid, input=process.encode())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == b"from-a-pipe"
     r = runtime("exec", "--pid-file", "/no-such-dir/pid", cid, "true")
     assert r.returncode == 255 and r.stderr.count(b"\n") == 1, r.stderr
+
+
+def test_exec_process_file_errors_name_the_file(runtime: Runtime) -> None:
+    cid = _running(runtime)
+    r = runtime("exec", "-p", "/dev/stdin", cid, input=b'{"cwd": "/"}')
+    err = r.stderr.decode()
+    assert r.returncode == 255 and err.startswith("ocirun: --process /dev/stdin: process.args"), err
+    assert "config.json" not in err
