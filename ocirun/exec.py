@@ -440,6 +440,8 @@ def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn
 def _process(ch: Channel, plan: _Plan) -> NoReturn:
     from ocirun.init import exec_process, prepare_process
     try:
+        if plan.cgroup_fd >= 0:
+            os.close(plan.cgroup_fd)  # a host directory: no further use to us
         from ocirun.init import join_v1_cgroup
         for fd in plan.tasks_fds:
             join_v1_cgroup(fd)

@@ -178,12 +178,17 @@ class BaseManager:
         from ocirun.cgroups import detect
         try:
             seen = detect.proc_cgroups(pid)
-        except OSError:
+        except (OSError, OciError):  # the process is gone
             return False
         for key, directory in (paths or self.paths).items():
             path = seen.get(key)
-            if path is None or not os.path.normpath(directory).endswith(
-                    os.path.normpath(path) if path != "/" else ""):
+            directory = os.path.normpath(directory)
+            if path is None:
+                return False
+            if path == "/":  # the hierarchy's root: the directory must be its mount
+                if not os.path.ismount(directory):
+                    return False
+            elif not directory.endswith(os.path.normpath(path)):
                 return False
         return True
 
