@@ -1,9 +1,12 @@
 """What runs in the runtime's children, from fork until execve.
 
-stage1 joins and creates namespaces (its own pid namespace only applies to children),
-then forks the init, which becomes pid 1 of a new pid namespace.  The init builds the
-rootfs, drops privileges, reports "ready", then blocks on the exec fifo until `start`.
-Both report failures over the channel and leave with os._exit: nothing of the parent's
+Most configs need one child: the init, born by clone3 with its new namespaces
+(direct_flags), pid 1 of its pid namespace from its first instruction.  Where that
+cannot be (a user namespace, whose id maps must be written between it and the others;
+a time namespace or a pid namespace to join, which only apply to children), stage1
+joins and creates the namespaces, then forks the init.  The init builds the rootfs,
+drops privileges, reports "ready", then blocks on the exec fifo until `start`.  Both
+report failures over the channel and leave with os._exit: nothing of the parent's
 interpreter state (atexit, buffered files) may run twice.
 """
 
@@ -59,25 +62,56 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
 
 
 # ------------------------------------------------------------------------- stage 1
+def direct_flags(spec: Spec) -> int | None:
+    """The CLONE_NEW* flags the init can be born with (see the module's doc), or None
+    where stage1 must make the namespaces.  The cgroup namespace is never among them:
+    it is made after the v1 cgroups are joined, so that they are its root."""
+    flags = 0
+    for ns in spec.linux.namespaces:
+        if ns.type in ("user", "time") or (ns.type == "pid" and ns.path is not None):
+            return None
+        if ns.path is None and ns.type != "cgroup":
+            flags |= ksys.NAMESPACE_FLAGS[ns.type]
+    return flags
+
+
+def _first_steps(ch: Channel, cfg: InitConfig, new_userns: bool) -> None:
+    """What stage1 and a directly born init do first, up to the parent's "go"."""
+    for tasks in cfg.cgroup_tasks:
+        join_v1_cgroup(tasks)
+    if cfg.lock_fd >= 0:
+        os.close(cfg.lock_fd)  # or `start` would wait for the init to exec
+    if not new_userns:
+        # From here on /proc/<pid> of this process and of the init (exe, fd, cwd,
+        # root) is out of reach of container processes; with a new user namespace
+        # an unprivileged runtime must still write our id maps first.
+        ksys.set_dumpable(False)
+    # Imports first: still the runtime's user and mounts (the library is reachable),
+    # and they overlap the parent's writing of the cgroup limits.
+    _preload(cfg)
+    ch.expect("go")  # the parent has put us in the container's cgroup
+
+
+def direct_init(ch: Channel, cfg: InitConfig) -> NoReturn:
+    """The init, born with the namespaces of direct_flags: joins the others, makes the
+    cgroup namespace, then goes on as stage1's init would."""
+    try:
+        _first_steps(ch, cfg, new_userns=False)
+        _join_namespaces(cfg.spec)
+        cgroup_ns = cfg.spec.linux.namespace("cgroup")
+        if cgroup_ns is not None and cgroup_ns.path is None:
+            ksys.unshare(ksys.CLONE_NEWCGROUP)
+    except BaseException as e:  # noqa: BLE001 - everything must reach the parent
+        _fail(ch, e)
+    init(ch, cfg)
+
+
 def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
-        for tasks in cfg.cgroup_tasks:
-            join_v1_cgroup(tasks)
-        if cfg.lock_fd >= 0:
-            os.close(cfg.lock_fd)  # or `start` would wait for the init to exec
         linux = cfg.spec.linux
         user_ns = linux.namespace("user")
         new_userns = user_ns is not None and user_ns.path is None
-        if not new_userns:
-            # From here on /proc/<pid> of this process and of the init (exe, fd, cwd,
-            # root) is out of reach of container processes; with a new user namespace
-            # an unprivileged runtime must still write our id maps first.
-            ksys.set_dumpable(False)
-        # Imports first: still the runtime's user and mounts (the library is reachable),
-        # and they overlap the parent's cgroup.procs write, which waits out an RCU
-        # grace period (~8 ms here; runc pays it too).
-        _preload(cfg)
-        ch.expect("go")  # the parent has put us in the container's cgroup
+        _first_steps(ch, cfg, new_userns)
         _join_namespaces(cfg.spec)
         new_flags = 0
         for ns in linux.namespaces:
@@ -139,22 +173,30 @@ def join_v1_cgroup(tasks: str | int) -> None:
 _FORCE_FORK = os.environ.get("OCIRUN_PLACEMENT") == "fork"
 
 
-def fork_in(cgroup_fd: int = -1) -> tuple[int, bool, str]:
+def fork_in(cgroup_fd: int = -1, ns_flags: int | None = None) -> tuple[int, bool, str, bool]:
     """fork(); with `cgroup_fd` (a cgroup2 directory), the child born in that cgroup
-    (clone3 CLONE_INTO_CGROUP) where the kernel allows it.  Returns (pid, born there,
-    why not); pid is 0 in the child.  A kernel or directory that cannot (ENOSYS before
-    5.3, E2BIG before 5.7, EINVAL, EPERM, ENOENT across an nsdelegate boundary...) gets
-    a plain fork, and the caller writes the pid to cgroup.procs."""
+    (clone3 CLONE_INTO_CGROUP) where the kernel allows it; with `ns_flags` (see
+    direct_flags), born with those new namespaces where it can.  Returns (pid, born in
+    the cgroup, why not, born with the namespaces); pid is 0 in the child.  A kernel or
+    directory that cannot (ENOSYS before 5.3, E2BIG before 5.7, EINVAL, EPERM, ENOENT
+    across an nsdelegate boundary...) gets a plain fork, and the caller writes the pid
+    to cgroup.procs; namespaces the clone cannot make are left to stage1, whose unshare
+    then reports why."""
     why = ""
     if cgroup_fd >= 0:
         if _FORCE_FORK:
             why = "OCIRUN_PLACEMENT=fork"
         else:
             try:
-                return ksys.fork_into_cgroup(cgroup_fd), True, ""
+                return ksys.clone3(ns_flags or 0, cgroup_fd), True, "", ns_flags is not None
             except OSError as e:
                 why = f"clone3: {os.strerror(e.errno).lower()}"
-    return os.fork(), False, why
+    if ns_flags:
+        try:
+            return ksys.clone3(ns_flags), False, why, True
+        except OSError:
+            pass
+    return os.fork(), False, why, ns_flags == 0
 
 
 def fork_and_report(ch: Channel, cgroup_fd: int = -1) -> int:
@@ -166,7 +208,7 @@ def fork_and_report(ch: Channel, cgroup_fd: int = -1) -> int:
     the pid went out; if its parent died first, it sees EOF and leaves without a word,
     so the runtime sees EOF too rather than waiting forever.  Returns 0 in the child."""
     gate_r, gate_w = os.pipe()
-    pid, born, why = fork_in(cgroup_fd)
+    pid, born, why, _ = fork_in(cgroup_fd)
     if pid == 0:
         os.close(gate_w)
         try:

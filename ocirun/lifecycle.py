@@ -182,7 +182,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     `config` is the bundle's config as `read_spec` returned it, if the caller has it."""
     from ocirun import caps
     from ocirun import sys as ksys
-    from ocirun.init import InitConfig, stage1
+    from ocirun.init import InitConfig, direct_flags, direct_init, stage1
     from ocirun.spec import host_namespace_conflicts, mountless_conflicts, read_spec
     from ocirun.sync import Channel
 
@@ -255,10 +255,10 @@ def create(root: str, container_id: str, opts: CreateOptions,
         # child, so a death during create is reported with its signal; when we exit it
         # moves on to the caller's subreaper, as it would have anyway.
         ksys.set_child_subreaper()
-        stage1_pid, born = _fork_stage1(born_in)
-        if stage1_pid == 0:
+        child_pid, born, direct = _fork_first_child(born_in, direct_flags(spec))
+        if child_pid == 0:
             parent.close()
-            stage1(child, cfg)
+            (direct_init if direct else stage1)(child, cfg)
         child.close()
         if console_sock is not None:
             console_sock.close()  # the init has its copy
@@ -266,23 +266,27 @@ def create(root: str, container_id: str, opts: CreateOptions,
             # Runs after the kills of stage1 and the init: whatever of ours is still
             # in the cgroup, before cgroup.destroy (which spares live processes).
             undo.push(_kill_own_processes, cgroup)
-        undo.push(_kill_and_reap, stage1_pid)
-        if cgroup is not None:  # stage1 imports meanwhile: see init.stage1
+        undo.push(_kill_and_reap, child_pid)
+        if direct:  # no stage1 to report the init's pid (init.direct_init)
+            state.pid = child_pid
+            state.pid_start = st.process_start_time(state.pid) or 0
+            cdir.write_progress(state)
+        if cgroup is not None:  # the child imports meanwhile: see init._first_steps
             # Before the init (ours until "go") runs anything of the container's.
             cgroup.apply(spec.linux.resources)
             if born_in is None and not own_tasks:
-                _join_cgroup(cgroup, stage1_pid, spec, rootless)
+                _join_cgroup(cgroup, child_pid, spec, rootless)
             elif born_in is not None and not born:
                 from ocirun.cgroups import fsutil
-                fsutil.write_pid(born_in, stage1_pid)
+                fsutil.write_pid(born_in, child_pid)
             if own_tasks:
-                log.debug(f"cgroup placement: stage1 writes 0 to tasks in {len(own_tasks)} "
-                          "v1 hierarchies itself")
+                log.debug(f"cgroup placement: {'the init' if direct else 'stage1'} writes 0 "
+                          f"to tasks in {len(own_tasks)} v1 hierarchies itself")
             state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
-        # (stage1 needs no record: without us it leaves on its own, and so does an init
-        # whose pid it could not report.)
+        # (A stage1 needs no record: without us it leaves on its own, and so does an
+        # init whose pid it could not report.)
         parent.send("go")
-        _drive_children(parent, spec, state, stage1_pid, undo, cdir)
+        _drive_children(parent, spec, state, child_pid, undo, cdir)
         parent.close()
         state.pid_start = st.process_start_time(state.pid) or 0
         if not state.pid_start:
@@ -314,8 +318,9 @@ def _owner_name() -> str:
         return str(uid)
 
 
-def _fork_stage1(cgroup2_dir: str | None) -> tuple[int, bool]:
-    """fork(); stage1 born in `cgroup2_dir` where the kernel can (see init.fork_in)."""
+def _fork_first_child(cgroup2_dir: str | None, ns_flags: int | None) -> tuple[int, bool, bool]:
+    """fork() the init (born with its namespaces) or stage1: (pid, born in
+    `cgroup2_dir`, the init itself).  See init.fork_in and init.direct_flags."""
     from ocirun.init import fork_in
     fd = -1
     if cgroup2_dir is not None:
@@ -324,14 +329,17 @@ def _fork_stage1(cgroup2_dir: str | None) -> tuple[int, bool]:
         except OSError as e:
             log.debug(f"cgroup placement: fork, then a cgroup.procs write ({e})")
     try:
-        pid, born, why = fork_in(fd)
+        pid, born, why, direct = fork_in(fd, ns_flags)
     finally:
         if fd >= 0:
             os.close(fd)  # in the child as well: it needs it no more
     if pid and cgroup2_dir is not None:
         log.debug(f"cgroup placement: clone3 into {cgroup2_dir}" if born else
                   f"cgroup placement: fork, then a cgroup.procs write ({why})")
-    return pid, born
+    if pid:
+        log.debug("the init is born with its namespaces (clone3), no stage1" if direct
+                  else "stage1 makes the namespaces and forks the init")
+    return pid, born, direct
 
 
 def _refuse_intel_rdt() -> None:

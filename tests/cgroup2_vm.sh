@@ -5,7 +5,7 @@
 #   tests/cgroup2_vm.sh [extra pytest args...]
 #
 # The guest boots with software emulation, where Python runs 13-30x slower than
-# here: only the cgroup test files and the AppArmor test (the host has no AppArmor) run (module level and container level;
+# here: only the cgroup test files, the AppArmor test (the host has no AppArmor) and the namespace tests (the init born with its namespaces, on pure v2) run (module level and container level;
 # CG2VM_TESTS overrides the list), plugin autoload is off, and the timeout is
 # generous (GUEST_TIMEOUT, default 3600 s).  Most of a Python start in the guest
 # is site processing (.pth files), so pytest and every `ocirun` call the
@@ -20,7 +20,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 guest=$here/tests/cgroup2-guest.sh
 export GUEST_TIMEOUT=${GUEST_TIMEOUT:-3600}
 
-tests=${CG2VM_TESTS:-"tests/test_cgroups.py tests/test_cgroups_limits.py tests/test_cgroups_translate.py tests/test_container_cgroups.py tests/test_systemd_cgroup.py tests/test_lsm.py"}
+tests=${CG2VM_TESTS:-"tests/test_cgroups.py tests/test_cgroups_limits.py tests/test_cgroups_translate.py tests/test_container_cgroups.py tests/test_systemd_cgroup.py tests/test_lsm.py tests/test_namespaces.py"}
 args=""
 for a in "$@"; do args="$args $(printf '%q' "$a")"; done
 

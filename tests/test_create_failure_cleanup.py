@@ -6,7 +6,8 @@ The failures are forced from outside the runtime, as a real host produces them:
   * a process started in the container during create (by a createContainer hook, no
     pid namespace) outlives the init, which then fails: only the runtime knows it is
     its own, so only it can kill it before removing the cgroup;
-  * stage1 is held back right after it forked the init, as a loaded host sometimes
+  * (with a time namespace, which needs a stage1 to fork the init: init.direct_flags)
+    stage1 is held back right after it forked the init, as a loaded host sometimes
     does for a few milliseconds: the init must not get ahead of stage1's "pid" message
     (the conformance flake "container init exited during create", which left the init
     running and its cgroup in every hierarchy);
@@ -231,6 +232,11 @@ def test_process_outliving_failed_init_is_killed(runtime: Runtime) -> None:
         _scrub(runtime, cid, pids)
 
 
+def _needs_stage1(spec: dict[str, Any]) -> None:
+    """A time namespace only applies to children: stage1 makes it and forks the init."""
+    spec["linux"]["namespaces"].append({"type": "time"})
+
+
 def test_init_pid_known_before_it_reports(runtime: Runtime) -> None:
     log_pid = _script(runtime, "log-pid.sh", LOG_PID)
     hook_log = runtime.work / "hook.pid"
@@ -238,6 +244,7 @@ def test_init_pid_known_before_it_reports(runtime: Runtime) -> None:
 
     def edit(spec: dict[str, Any]) -> None:
         spec["hooks"] = {"createRuntime": [_hook(log_pid, str(hook_log))]}
+        _needs_stage1(spec)
 
     bundle = runtime.bundle(["sleep", "1000"], edit=edit)
     cid = runtime.new_id("held")
@@ -265,7 +272,7 @@ def test_init_pid_known_before_it_reports(runtime: Runtime) -> None:
 
 def test_stage1_killed_after_fork_fails_cleanly(runtime: Runtime) -> None:
     mark = runtime.work / "killed"
-    bundle = runtime.bundle(["sleep", "1000"])
+    bundle = runtime.bundle(["sleep", "1000"], edit=_needs_stage1)
     cid = runtime.new_id("stage1")
     argv = runtime.argv
     env = _shim(runtime, "kill", mark)

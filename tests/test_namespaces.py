@@ -96,3 +96,61 @@ def test_pid_namespace_shows_only_the_container(runtime: Runtime) -> None:
     assert r.returncode == 0, r.stderr
     pids = sorted(int(p.rsplit(b"/", 1)[1]) for p in r.stdout.split())
     assert pids[0] == 1 and len(pids) <= 3  # sh, ls (and the glob's own process)
+
+
+def _nspid(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return [int(p) for p in line.split()[1:]]
+    raise AssertionError("no NSpid line")
+
+
+def _create_debug(runtime: Runtime, bundle: object) -> tuple[str, int, str]:
+    cid = runtime.new_id()
+    pid_file = runtime.work / f"{cid}.pid"
+    r = runtime("--debug", "create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid)
+    assert r.returncode == 0, r.stderr
+    return cid, int(pid_file.read_text()), r.stderr.decode()
+
+
+def test_the_init_is_born_with_its_namespaces(runtime: Runtime) -> None:
+    """Without a user or time namespace the init is cloned with its new namespaces
+    (clone3 flags, init.direct_flags): no stage1.  The kernel must show the same
+    container as the stage1 path builds: pid 1 of a new pid namespace, every listed
+    namespace new, a cgroup namespace made after the cgroups were joined."""
+    cid, pid, debug = _create_debug(runtime, runtime.bundle(["sleep", "1000"]))
+    assert "born with its namespaces" in debug, debug
+    assert _nspid(pid)[-1] == 1 and len(_nspid(pid)) == 2, _nspid(pid)
+    for kind in ("pid", "network", "ipc", "uts", "mount", "cgroup"):
+        assert _ns(pid, kind) != _ns("self", kind), kind
+    assert _ns(pid, "user") == _ns("self", "user")
+    assert runtime("start", cid).returncode == 0
+    r = runtime("exec", cid, "cat", "/proc/self/cgroup")
+    assert r.returncode == 0, r.stderr
+    # The cgroup namespace's root is the container's cgroup: every line reads "/".
+    assert {line.rsplit(b":", 1)[1] for line in r.stdout.splitlines()} == {b"/"}, r.stdout
+
+
+def test_a_time_namespace_takes_the_stage1_path(runtime: Runtime) -> None:
+    bundle = runtime.bundle(["sleep", "1000"],
+                            edit=lambda s: s["linux"]["namespaces"].append({"type": "time"}))
+    _cid, pid, debug = _create_debug(runtime, bundle)
+    assert "stage1 makes the namespaces" in debug, debug
+    assert _nspid(pid)[-1] == 1, _nspid(pid)
+    assert os.readlink(f"/proc/{pid}/ns/time_for_children") != _ns("self", "time")
+
+
+def test_a_pid_namespace_joined_by_path_takes_the_stage1_path(runtime: Runtime) -> None:
+    first = runtime.create(runtime.bundle(["sleep", "1000"]))
+    first_pid = runtime.pid(first)
+
+    def join(spec: dict) -> None:
+        spec["linux"]["namespaces"] = [
+            ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"] + [
+            {"type": "pid", "path": f"/proc/{first_pid}/ns/pid"}]
+
+    _cid, pid, debug = _create_debug(runtime, runtime.bundle(["sleep", "1000"], edit=join))
+    assert "stage1 makes the namespaces" in debug, debug
+    assert _ns(pid, "pid") == _ns(first_pid, "pid")
+    assert _nspid(pid)[-1] != 1

@@ -336,12 +336,11 @@ class SystemdManager:
             raise OciError(f"cgroups: systemd: starting unit {unit}: {e}") from None
         sd.wait_job(job, unit, "start")  # only then is the pid in the unit's cgroup
         self.inner = self._file_manager(layout, pid, is_slice)
-        try:
-            self._place(pid)
-            self.inner.apply(self._resources)
-        except BaseException:
-            self.destroy()
-            raise
+        # On failure, no StopUnit here: the pid may be a pid namespace's init, which
+        # ignores systemd's SIGTERM, and the stop would wait out its timeout.  create's
+        # undo kills the pid, then destroys.
+        self._place(pid)
+        self.inner.apply(self._resources)
 
     def _place(self, pid: int) -> None:
         """Make the directories systemd did not (v1: cpuset, freezer, and controllers

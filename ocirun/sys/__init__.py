@@ -221,23 +221,27 @@ def loopback_up() -> None:
 _pydll: ctypes.PyDLL | None = None
 
 
-def fork_into_cgroup(cgroup_fd: int) -> int:
-    """fork(), the child born in the cgroup2 directory `cgroup_fd`:
-    clone3(CLONE_INTO_CGROUP) (Linux 5.7+) places it under the read side of the
-    cgroup threadgroup lock, where a write to cgroup.procs takes the write side and
-    waits out an RCU grace period (~8 ms here).  Done as os.fork does it: the GIL held
-    across the call (PyDLL) and the interpreter's own before/after-fork steps around
-    it, so the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS,
-    E2BIG, EINVAL on kernels or directories that cannot do it).  Returns 0 in the
-    child.  Unlike glibc's fork the child's cached thread id stays the parent's: the
-    child must not use pthread_kill/raise (ours exec or fork before they could)."""
+def clone3(flags: int = 0, cgroup_fd: int = -1) -> int:
+    """fork() through clone3(2): the child born with new namespaces (`flags`, the
+    CLONE_NEW* bits) and, with `cgroup_fd` (a cgroup2 directory), in that cgroup
+    (CLONE_INTO_CGROUP, Linux 5.7+), which places it under the read side of the cgroup
+    threadgroup lock, where a write to cgroup.procs takes the write side and waits out
+    an RCU grace period (~8 ms here).  Done as os.fork does it: the GIL held across
+    the call (PyDLL) and the interpreter's own before/after-fork steps around it, so
+    the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS before
+    5.3, E2BIG before 5.7, EINVAL/EBUSY/EPERM... on directories that cannot take it).
+    Returns 0 in the child.  Unlike glibc's fork the child's cached thread id stays the
+    parent's: the child must not use pthread_kill/raise (ours exec or fork before they
+    could)."""
     global _pydll
     _libc()
     if _pydll is None:
         _pydll = ctypes.PyDLL(None, use_errno=True)
         _pydll.syscall.restype = ctypes.c_long
-    args = (ctypes.c_uint64 * 11)(CLONE_INTO_CGROUP, 0, 0, 0, _SIGCHLD, 0, 0, 0, 0, 0,
-                                  cgroup_fd)
+    if cgroup_fd >= 0:
+        flags |= CLONE_INTO_CGROUP
+    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, _SIGCHLD, 0, 0, 0, 0, 0,
+                                  max(cgroup_fd, 0))
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
     pid = _pydll.syscall(ctypes.c_long(_SYS_CLONE3), args, ctypes.c_size_t(ctypes.sizeof(args)))
