@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SAMPLE = r"""
 import json, os, sys, time
 from ocirun.seccomp import prepare, load
-from ocirun.seccomp.profile import load_engine_profile
+from seccomp_profile import load_engine_profile
 sc = load_engine_profile(sys.argv[1])
 t0 = time.perf_counter()
 p = prepare(sc, sys.argv[2])
@@ -50,7 +50,7 @@ print(json.dumps({"prepare": t1 - t0, "load": load_s, "hit": p.cache_hit,
 
 
 def sample(profile: str, cache: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = dict(os.environ, PYTHONPATH=REPO + ":" + os.path.join(REPO, "tests"))
     out = subprocess.run([sys.executable, "-c", _SAMPLE, profile, cache], env=env,
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)

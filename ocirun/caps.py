@@ -9,9 +9,6 @@ from ocirun import sys as ksys
 from ocirun.errors import OciError
 from ocirun.spec import CAPABILITIES, Capabilities, Process, Spec
 
-_PR_CAPBSET_DROP = 24
-_PR_SET_KEEPCAPS = 8
-_PR_SET_NO_NEW_PRIVS = 38
 
 
 def _last_cap() -> int:
@@ -93,7 +90,7 @@ def drop_bounding(caps: Capabilities) -> None:
     keep = _numbers(caps.bounding, last)
     for cap in range(last + 1):
         if cap not in keep:
-            ksys.prctl(_PR_CAPBSET_DROP, cap)
+            ksys.prctl(ksys.PR_CAPBSET_DROP, cap)
 
 
 def set_user(process: Process, setgroups_allowed: bool) -> None:
@@ -120,24 +117,21 @@ def apply(process: Process, setgroups_allowed: bool = True) -> None:
     Nothing is granted by default: a process without `capabilities` gets five empty
     sets (as runc), so neither the runtime's own capabilities nor the caller's
     inheritable and ambient sets reach the container."""
-    import _prctl  # python-prctl's C module: the set-all-three capset in one call
-
     caps = process.capabilities if process.capabilities is not None else Capabilities()
     drop_bounding(caps)
-    _prctl.prctl(_PR_SET_KEEPCAPS, 1)
+    ksys.prctl(ksys.PR_SET_KEEPCAPS, 1)
     set_user(process, setgroups_allowed)
     last = _last_cap()
     every = set(range(last + 1))
     eff, perm, inh = (_numbers(s, last) for s in (caps.effective, caps.permitted,
                                                     caps.inheritable))
     _check_sets(eff, perm, inh, _numbers(caps.bounding, last))
-    _prctl.set_caps(list(eff), list(perm), list(inh),
-                    list(every - eff), list(every - perm), list(every - inh))
+    ksys.set_capabilities(eff, perm, inh, every)
     ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_CLEAR_ALL)
     for cap in _numbers(caps.ambient, last) & perm & inh:
         # The kernel only raises ambient caps that are permitted and inheritable;
         # like runc, the others are left out rather than failing the container.
         ksys.prctl(ksys.PR_CAP_AMBIENT, ksys.PR_CAP_AMBIENT_RAISE, cap)
-    _prctl.prctl(_PR_SET_KEEPCAPS, 0)
+    ksys.prctl(ksys.PR_SET_KEEPCAPS, 0)
     if process.no_new_privileges:
-        _prctl.prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        ksys.prctl(ksys.PR_SET_NO_NEW_PRIVS, 1)

@@ -44,6 +44,11 @@ _CREATE_FLAGS = (
     Flag("preserve_fds", INT, ("--preserve-fds",), 0),
 )
 
+_UPDATE_LIMITS = ("memory", "memory_reservation", "memory_swap", "kernel_memory",
+                  "kernel_memory_tcp", "cpu_quota", "cpu_period", "cpu_rt_period",
+                  "cpu_rt_runtime", "cpu_idle", "cpuset_cpus", "cpuset_mems", "blkio_weight",
+                  "pids_limit")  # `update --<name>`, with dashes
+
 COMMANDS: dict[str, Command] = {
     "create": Command("create [flags] <container-id>", _CREATE_FLAGS,
                       summary="create a container"),
@@ -92,21 +97,8 @@ COMMANDS: dict[str, Command] = {
     ), 1, 1 << 16, "run a new process in a running container", stop_at_arg=True),
     "update": Command("update [--resources FILE|-] [flags] <container-id>", (
         Flag("resources", STR, ("--resources", "-r")),
-        Flag("memory", STR, ("--memory",)),
-        Flag("memory_reservation", STR, ("--memory-reservation",)),
-        Flag("memory_swap", STR, ("--memory-swap",)),
-        Flag("kernel_memory", STR, ("--kernel-memory",)),
-        Flag("kernel_memory_tcp", STR, ("--kernel-memory-tcp",)),
         Flag("cpu_shares", STR, ("--cpu-share", "--cpu-shares")),
-        Flag("cpu_quota", STR, ("--cpu-quota",)),
-        Flag("cpu_period", STR, ("--cpu-period",)),
-        Flag("cpu_rt_period", STR, ("--cpu-rt-period",)),
-        Flag("cpu_rt_runtime", STR, ("--cpu-rt-runtime",)),
-        Flag("cpu_idle", STR, ("--cpu-idle",)),
-        Flag("cpuset_cpus", STR, ("--cpuset-cpus",)),
-        Flag("cpuset_mems", STR, ("--cpuset-mems",)),
-        Flag("blkio_weight", STR, ("--blkio-weight",)),
-        Flag("pids_limit", STR, ("--pids-limit",)),
+        *(Flag(name, STR, ("--" + name.replace("_", "-"),)) for name in _UPDATE_LIMITS),
     ), summary="change the resource limits of a running container"),
     "events": Command("events [--stats] [--interval 5s] <container-id>", (
         Flag("stats", BOOL, ("--stats",), False),
@@ -236,7 +228,7 @@ def _root(g: dict[str, Any]) -> str:
 
 
 def _create_options(v: dict[str, Any], g: dict[str, Any]) -> Any:
-    from ocirun.lifecycle import CreateOptions
+    from ocirun.create import CreateOptions
     if v["preserve_fds"] < 0:
         raise UsageError("--preserve-fds must not be negative")
     return CreateOptions(bundle=v["bundle"], pid_file=v["pid_file"],
@@ -246,13 +238,13 @@ def _create_options(v: dict[str, Any], g: dict[str, Any]) -> Any:
 
 
 def _cmd_create(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.lifecycle import create
+    from ocirun.create import create
     create(_root(g), args[0], _create_options(v, g))
     return 0
 
 
 def _cmd_run(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.lifecycle import run
+    from ocirun.run import run
     if v["keep"] and v["detach"]:
         raise UsageError("--keep and --detach cannot be used together (a detached "
                          "container is kept anyway)")
@@ -260,26 +252,26 @@ def _cmd_run(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 
 def _cmd_start(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.lifecycle import start
+    from ocirun.start import start
     start(_root(g), args[0])
     return 0
 
 
 def _cmd_state(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun import state as st  # not lifecycle: `state` is called often, keep it light
+    from ocirun import state as st  # `state` is called often: keep it light
     print(jsonio.dumps(st.load(st.open_container(_root(g), args[0])).to_oci(), indent=2))
     return 0
 
 
 def _cmd_kill(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.lifecycle import kill
+    from ocirun.kill import kill
     sig = parse_signal(args[1] if len(args) > 1 else "TERM")
     kill(_root(g), args[0], sig, v["all"])
     return 0
 
 
 def _cmd_delete(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.lifecycle import delete
+    from ocirun.delete import delete
     status = 0
     for container_id in args:
         try:

@@ -80,11 +80,10 @@ def relay(master: int, pid: int, forwarded: tuple[int, ...]) -> int:
     """Attach the runtime's stdio to the container's pty until `pid` (our child, the
     container's init) exits; returns its wait status.  The user's terminal is put in
     raw mode and restored whatever happens; window-size changes follow SIGWINCH."""
-    import select
     import termios
     import tty
 
-    in_fd, out_fd = 0, 1
+    in_fd = 0
     saved = None
     if os.isatty(in_fd):
         saved = termios.tcgetattr(in_fd)
@@ -110,42 +109,48 @@ def relay(master: int, pid: int, forwarded: tuple[int, ...]) -> int:
                     if sig != signal.SIGWINCH}
     old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
     pidfd = os.pidfd_open(pid)
-    status: int | None = None
     try:
         if saved is not None:
             tty.setraw(in_fd, termios.TCSANOW)
-        watch_stdin = True
-        hung_up = False  # every slave fd is closed: only the exit is left to wait for
-        pending = b""  # user input the pty has not taken yet
-        while status is None:
-            rlist = [pidfd] + ([master] if not hung_up else []) + (
-                [in_fd] if watch_stdin and not pending else [])
-            wlist = [master] if pending and not hung_up else []
-            readable, writable, _ = select.select(rlist, wlist, [])
-            if master in readable and not _copy_out(master, out_fd):
-                hung_up = True
-            if in_fd in readable:
-                try:
-                    pending = os.read(in_fd, 65536)
-                except OSError:
-                    pending = b""
-                if not pending:
-                    watch_stdin = False
-            if master in writable and pending:
-                try:
-                    pending = pending[os.write(master, pending):]
-                except OSError:
-                    pending = b""
-            if pidfd in readable:
-                status = os.waitpid(pid, 0)[1]
-        if not hung_up:
-            _drain(master, out_fd)
+        return _copy_until_exit(master, pid, pidfd, in_fd, 1)
     finally:
         os.close(pidfd)
         if saved is not None:
             termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
+
+
+def _copy_until_exit(master: int, pid: int, pidfd: int, in_fd: int, out_fd: int) -> int:
+    """Copy in_fd to the pty and the pty to out_fd until `pid` exits: its status."""
+    import select
+    status: int | None = None
+    watch_stdin = True
+    hung_up = False  # every slave fd is closed: only the exit is left to wait for
+    pending = b""  # user input the pty has not taken yet
+    while status is None:
+        rlist = [pidfd] + ([master] if not hung_up else []) + (
+            [in_fd] if watch_stdin and not pending else [])
+        wlist = [master] if pending and not hung_up else []
+        readable, writable, _ = select.select(rlist, wlist, [])
+        if master in readable and not _copy_out(master, out_fd):
+            hung_up = True
+        if in_fd in readable:
+            try:
+                pending = os.read(in_fd, 65536)
+            except OSError:
+                pending = b""
+            if not pending:
+                watch_stdin = False
+        if master in writable and pending:
+            try:
+                pending = pending[os.write(master, pending):]
+            except OSError:
+                pending = b""
+        if pidfd in readable:
+            status = os.waitpid(pid, 0)[1]
+    if not hung_up:
+        _drain(master, out_fd)
     return status
 
 

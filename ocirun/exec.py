@@ -17,11 +17,11 @@ never touched beyond the new process and its cgroup membership.
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 import fcntl
 import os
 import sys
 
+from ocirun.compat import signal
 from ocirun import jsonio, log
 from ocirun import state as st
 from ocirun import sys as ksys
@@ -29,7 +29,7 @@ from ocirun.errors import OciError
 from ocirun.record import Record
 from ocirun.spec import (CAPABILITIES, Capabilities, ConsoleSize, Process, Spec,
                          parse_process, parse_spec)
-from ocirun.sync import Channel, ChildError
+from ocirun.sync import Channel, ChildError, Failed, Go, InitPid, SeccompListener
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -219,21 +219,12 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
     """Run the process; in the foreground return its exit status (128+N on a signal),
     detached return 0 once it has exec'd."""
     state, spec = _load_container(root, container_id, opts.ignore_paused)
-    process = build_process(spec, opts)
-    from ocirun import caps
-    process = caps.keep_grantable(process, spec.linux.namespace("user") is not None)
-    if process.apparmor_profile or process.selinux_label:
-        from ocirun import lsm
-        lsm.check_host(process)
-    if process.terminal and opts.detach and not opts.console_socket:
-        raise OciError("cannot allocate a tty for a detached exec without "
-                       "--console-socket")
+    process = _checked_process(spec, opts)
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
         seccomp = sc.prepare(spec.linux.seccomp, sc.cache_dir_for(root))
-    cgroup = None
-    cgroup_paths = None
+    cgroup = cgroup_paths = None
     if state.cgroup:
         from ocirun.cgroups import manager_from_state
         cgroup = manager_from_state(state.cgroup)
@@ -241,18 +232,7 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
             cgroup_paths = cgroup.sub_paths(opts.cgroups)
     elif opts.cgroups:
         raise OciError(f"exec --cgroup: container {container_id} has no cgroup")
-    ours = console_sock = None
-    if process.terminal:
-        from ocirun import console
-        if opts.console_socket:
-            console_sock = console.connect(opts.console_socket)
-        else:  # foreground without an engine: we receive the master and relay
-            ours, console_sock = console.socket_pair()
-            size = console.get_winsize(0)
-            if size is not None and process.console_size is None:
-                # sized before execve, or the first output races the relay's resize
-                process = process.replace(console_size=ConsoleSize(height=size[0],
-                                                                   width=size[1]))
+    process, ours, console_sock = _terminal(process, opts)
     born_in, own_tasks = (None, ())
     if cgroup is not None and cgroup.self_placing and os.geteuid() == 0:
         born_in, own_tasks = cgroup.placement(cgroup_paths)
@@ -261,72 +241,119 @@ def exec_in(root: str, container_id: str, opts: ExecOptions) -> int:
                  in_userns=spec.linux.namespace("user") is not None,
                  console_fd=console_sock.fileno() if console_sock is not None else -1,
                  cgroup_fd=placement_fds[0], tasks_fds=placement_fds[1:])
-    # Everything the children use is imported now: after setns(mount) the interpreter's
-    # library is out of reach.
-    import resource  # noqa: F401 - init._set_rlimits
-    import _prctl  # noqa: F401 - caps.apply
-    from ocirun import caps, init  # noqa: F401
-    ksys.load()
-    if seccomp is not None:
-        from ocirun.seccomp import loader  # noqa: F401
-
+    _preload_for_children(seccomp is not None)
     if not opts.detach:
         # The process is our grandchild: as a subreaper we can wait for it.
         ksys.set_child_subreaper()
     try:
-        ns_fds = _open_namespaces(state, spec)
-        parent, child = Channel.pair()
-        try:
-            joiner = os.fork()
-        except BaseException:
-            for _t, fd in ns_fds:
-                os.close(fd)
-            raise
-        if joiner == 0:
-            parent.close()
-            if ours is not None:
-                ours.close()
-            _joiner(child, ns_fds, plan)
-        child.close()
-        for _t, fd in ns_fds:
-            os.close(fd)
-        for fd in placement_fds:
-            if fd >= 0:
-                os.close(fd)
-        if console_sock is not None:
-            console_sock.close()  # the children have their copies
-            console_sock = None
-        pid = 0
-        try:
-            parent.send("go")
-            pid = _drive(parent, spec, state, cgroup, cgroup_paths, born_in, bool(own_tasks))
-            master = console.receive_master(ours) if ours is not None else -1
-        except BaseException:
-            if pid:
-                _kill(pid)
-            raise
-        finally:
-            parent.close()
-            _reap(joiner)
+        pid, master = _start(state, spec, plan, placement_fds, ours, console_sock,
+                             lambda ch: _drive(ch, spec, state, cgroup, cgroup_paths,
+                                               born_in, bool(own_tasks)))
     finally:
         for sock in (ours, console_sock):
             if sock is not None:
                 sock.close()
     log.debug(f"exec: process {pid} started in container {container_id}")
+    return _after_start(opts, pid, master)
+
+
+def _checked_process(spec: Spec, opts: ExecOptions) -> Any:
+    from ocirun import caps
+    process = build_process(spec, opts)
+    process = caps.keep_grantable(process, spec.linux.namespace("user") is not None)
+    if process.apparmor_profile or process.selinux_label:
+        from ocirun import lsm
+        lsm.check_host(process)
+    if process.terminal and opts.detach and not opts.console_socket:
+        raise OciError("cannot allocate a tty for a detached exec without "
+                       "--console-socket")
+    return process
+
+
+def _terminal(process: Any, opts: ExecOptions) -> tuple[Any, Any, Any]:
+    """(process, our end of the console socket pair or None, the children's end or
+    the engine's --console-socket or None)."""
+    if not process.terminal:
+        return process, None, None
+    from ocirun import console
+    if opts.console_socket:
+        return process, None, console.connect(opts.console_socket)
+    # Foreground without an engine: we receive the master and relay.
+    ours, theirs = console.socket_pair()
+    size = console.get_winsize(0)
+    if size is not None and process.console_size is None:
+        # sized before execve, or the first output races the relay's resize
+        process = process.replace(console_size=ConsoleSize(height=size[0], width=size[1]))
+    return process, ours, theirs
+
+
+def _preload_for_children(seccomp: bool) -> None:
+    """Everything the children use, imported now: after setns(mount) the interpreter's
+    library is out of reach."""
+    import resource  # noqa: F401 - init._set_rlimits
+    import _prctl  # noqa: F401 - ksys.set_capabilities (caps.apply)
+    from ocirun import caps, init  # noqa: F401
+    ksys.load()
+    if seccomp:
+        from ocirun.seccomp import loader  # noqa: F401
+
+
+def _start(state: st.State, spec: Spec, plan: _Plan, placement_fds: tuple[int, ...],
+           ours: Any, console_sock: Any, drive: Any) -> tuple[int, int]:
+    """Fork the joiner and answer it until the process exec'd: (its pid, the pty
+    master we relay, or -1)."""
+    ns_fds = _open_namespaces(state, spec)
+    parent, child = Channel.pair()
+    try:
+        joiner = os.fork()
+    except BaseException:
+        for _t, fd in ns_fds:
+            os.close(fd)
+        raise
+    if joiner == 0:
+        parent.close()
+        if ours is not None:
+            ours.close()
+        _joiner(child, ns_fds, plan)
+    child.close()
+    for fd in [fd for _t, fd in ns_fds] + [fd for fd in placement_fds if fd >= 0]:
+        os.close(fd)
+    if console_sock is not None:
+        console_sock.close()  # the children have their copies
+    pid = 0
+    try:
+        parent.send(Go())
+        pid = drive(parent)
+        if ours is None:
+            return pid, -1
+        from ocirun import console
+        return pid, console.receive_master(ours)
+    except BaseException:
+        if pid:
+            _kill(pid)
+        raise
+    finally:
+        parent.close()
+        _reap(joiner)
+
+
+def _after_start(opts: ExecOptions, pid: int, master: int) -> int:
+    """--pid-file, then (in the foreground) wait for the process: its exit status."""
     if opts.pid_file:
-        from ocirun.lifecycle import _write_pid_file
+        from ocirun.process import write_pid_file
         try:
-            _write_pid_file(opts.pid_file, pid)
+            write_pid_file(opts.pid_file, pid)
         except OSError as e:
             raise OciError(f"--pid-file {opts.pid_file}: "
                            f"{(e.strerror or str(e)).lower()}") from None
     if opts.detach:
         return 0
-    from ocirun.lifecycle import _FORWARDED, _exit_status, _wait_forwarding_signals
+    from ocirun.process import FORWARDED_SIGNALS, exit_status, wait_forwarding_signals
     if master < 0:
-        return _wait_forwarding_signals(pid)
+        return wait_forwarding_signals(pid)
+    from ocirun import console
     try:
-        return _exit_status(console.relay(master, pid, _FORWARDED))
+        return exit_status(console.relay(master, pid, FORWARDED_SIGNALS))
     finally:
         os.close(master)
 
@@ -361,30 +388,29 @@ def _drive(ch: Channel, spec: Spec, state: st.State, cgroup: Any,
             break
         except ConnectionResetError:
             break
-        kind = msg["t"]
-        if kind == "error":
+        if isinstance(msg, Failed):
             for fd in fds:
                 os.close(fd)
-            raise ChildError(msg["msg"], msg.get("code", 1))
-        if kind == "pid":
-            pid = msg["pid"]
+            raise ChildError(msg.msg, msg.code)
+        if isinstance(msg, InitPid):
+            pid = msg.pid
             if cgroup is not None:
                 try:
                     if born_in is None and not self_placed:
                         cgroup.add_process(pid, cgroup_paths)
-                    elif born_in is not None and not msg.get("born"):
-                        log.debug(f"cgroup placement: a cgroup.procs write ({msg.get('why')})")
+                    elif born_in is not None and not msg.born:
+                        log.debug(f"cgroup placement: a cgroup.procs write ({msg.why})")
                         from ocirun.cgroups import fsutil
                         fsutil.write_pid(born_in, pid)
                 except OSError as e:
                     raise OciError(f"exec: joining the container's cgroup: "
                                    f"{(e.strerror or str(e)).lower()}") from None
-            ch.send("go")
-        elif kind == "seccomp":
-            from ocirun.lifecycle import forward_seccomp_listener
+            ch.send(Go())
+        elif isinstance(msg, SeccompListener):
+            from ocirun.create import forward_seccomp_listener
             forward_seccomp_listener(spec, state, fds)
         else:
-            raise OciError(f"exec: unexpected message {kind!r}")
+            raise OciError(f"exec: unexpected message {msg.KIND!r}")
     if not pid:
         raise OciError("exec: the process exited before it started")
     return pid
@@ -406,14 +432,14 @@ def _reap(pid: int) -> None:
 
 # --------------------------------------------------------------------- children
 def _fail(ch: Channel, e: BaseException) -> NoReturn:
-    from ocirun.init import _fail as fail
+    from ocirun.init import report_failure as fail
     fail(ch, e)
 
 
 def _joiner(ch: Channel, ns_fds: list[tuple[str, int]], plan: _Plan) -> NoReturn:
     try:
         ksys.set_dumpable(False)  # see init.stage1: /proc/<pid> out of the container's reach
-        ch.expect("go")
+        ch.expect(Go)
         for t, fd in ns_fds:
             if t == "root":
                 os.fchdir(fd)
@@ -446,7 +472,7 @@ def _process(ch: Channel, plan: _Plan) -> NoReturn:
         for fd in plan.tasks_fds:
             join_v1_cgroup(fd)
             os.close(fd)
-        ch.expect("go")  # we are in the container's cgroup
+        ch.expect(Go)  # we are in the container's cgroup
         first = 3 + plan.preserve_fds
         if ch.fileno() < first:  # keep the channel clear of the preserved fds
             high = fcntl.fcntl(ch.fileno(), fcntl.F_DUPFD_CLOEXEC, first)

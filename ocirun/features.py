@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from typing import Any
 
 from ocirun import OCI_VERSION, __version__
+from ocirun.sys.seccomp import libseccomp_version
 
 OCI_VERSION_MIN = "1.0.0"
 HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
          "poststop"]
-
-
-def libseccomp_version() -> str | None:
-    """The loaded libseccomp's version (seccomp_version(3)), or None without it."""
-
-    class _Version(ctypes.Structure):
-        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint),
-                    ("micro", ctypes.c_uint)]
-
-    try:
-        lib = ctypes.CDLL("libseccomp.so.2")
-    except OSError:
-        return None
-    lib.seccomp_version.restype = ctypes.POINTER(_Version)
-    v = lib.seccomp_version().contents
-    return f"{v.major}.{v.minor}.{v.micro}"
 
 
 def version_text() -> str:
@@ -40,8 +24,9 @@ def version_text() -> str:
 
 
 def _cgroup() -> dict[str, Any]:
-    # The systemd driver names units but cannot create scopes yet (cgroups/systemd.py).
-    return {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": True}
+    # --systemd-cgroup starts transient scopes on the system bus (cgroups/systemd.py);
+    # the user's own systemd (rootless) is not spoken to.
+    return {"v1": True, "v2": True, "systemd": True, "systemdUser": False, "rdma": True}
 
 
 def _seccomp() -> dict[str, Any]:

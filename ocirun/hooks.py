@@ -1,7 +1,7 @@
 """Running OCI hooks: the state JSON on stdin, the hook's own args, env and timeout.
 
 Where each kind runs (runtime-spec, config.md "POSIX-platform Hooks"):
-  prestart, createRuntime  create, in the runtime's namespaces (lifecycle, parent),
+  prestart, createRuntime  create, in the runtime's namespaces (create.py, parent),
                            after the init built the rootfs, before pivot_root;
                            status "creating"
   createContainer          create, in the container's namespaces before pivot_root
@@ -20,12 +20,12 @@ process's cwd for startContainer.
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+from ocirun.compat import signal
 from ocirun import sys as ksys
 from ocirun.errors import OciError
 from ocirun.spec import Hook

@@ -12,7 +12,6 @@ interpreter state (atexit, buffered files) may run twice.
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: `signal` imports enum (milliseconds)
 import errno
 import os
 import sys
@@ -20,6 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
+from ocirun.compat import signal
 from ocirun import jsonio
 from ocirun import state as st
 from ocirun import sys as ksys
@@ -27,7 +27,8 @@ from ocirun.errors import OciError
 from ocirun.log import one_line
 from ocirun.record import Record
 from ocirun.spec import Spec
-from ocirun.sync import Channel
+from ocirun.sync import (Channel, Failed, Go, InitPid, MountNsMade, Ready, RunHooks,
+                         SeccompListener, UserNsMade)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -46,7 +47,7 @@ class InitConfig(Record):
     cgroup_tasks: tuple[str, ...] = ()  # v1 `tasks` files stage1 writes "0" to itself
 
 
-def _fail(ch: Channel, e: BaseException) -> NoReturn:
+def report_failure(ch: Channel, e: BaseException) -> NoReturn:
     if isinstance(e, OciError):
         msg, code = e.message, e.exit_code
     elif isinstance(e, OSError):
@@ -55,7 +56,7 @@ def _fail(ch: Channel, e: BaseException) -> NoReturn:
     else:
         msg, code = f"internal error: {type(e).__name__}: {e}", 1
     try:
-        ch.send("error", msg=msg, code=code)
+        ch.send(Failed(msg=msg, code=code))
     except OSError:
         pass
     os._exit(code)
@@ -89,7 +90,7 @@ def _first_steps(ch: Channel, cfg: InitConfig, new_userns: bool) -> None:
     # Imports first: still the runtime's user and mounts (the library is reachable),
     # and they overlap the parent's writing of the cgroup limits.
     _preload(cfg)
-    ch.expect("go")  # the parent has put us in the container's cgroup
+    ch.expect(Go)  # the parent has put us in the container's cgroup
 
 
 def direct_init(ch: Channel, cfg: InitConfig) -> NoReturn:
@@ -102,7 +103,7 @@ def direct_init(ch: Channel, cfg: InitConfig) -> NoReturn:
         if cgroup_ns is not None and cgroup_ns.path is None:
             ksys.unshare(ksys.CLONE_NEWCGROUP)
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
-        _fail(ch, e)
+        report_failure(ch, e)
     init(ch, cfg)
 
 
@@ -119,8 +120,8 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
                 new_flags |= ksys.NAMESPACE_FLAGS[ns.type]
         if new_userns:
             ksys.unshare(ksys.CLONE_NEWUSER)
-            ch.send("userns")
-            ch.expect("go")  # uid_map and gid_map are written
+            ch.send(UserNsMade())
+            ch.expect(Go)  # uid_map and gid_map are written
             ksys.set_dumpable(False)
         if user_ns is not None:
             os.setresgid(0, 0, 0)
@@ -136,7 +137,7 @@ def stage1(ch: Channel, cfg: InitConfig) -> NoReturn:
         if fork_and_report(ch) == 0:
             init(ch, cfg)
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
-        _fail(ch, e)
+        report_failure(ch, e)
     os._exit(0)
 
 
@@ -147,9 +148,9 @@ def _receive_bind_sources(ch: Channel, spec: Spec) -> None:
     if not rootfs.bind_sources(spec):
         return
     global _bind_source_fds
-    ch.send("mntns")
-    msg, fds = ch.expect("go")
-    _bind_source_fds = dict(zip(msg["mounts"], fds))
+    ch.send(MountNsMade())
+    msg, fds = ch.expect(Go)
+    _bind_source_fds = dict(zip(msg.mounts, fds))
 
 
 def join_v1_cgroup(tasks: str | int) -> None:
@@ -220,7 +221,7 @@ def fork_and_report(ch: Channel, cgroup_fd: int = -1) -> int:
             os._exit(1)
         return 0
     os.close(gate_r)
-    ch.send("pid", pid=pid, born=born, why=why)
+    ch.send(InitPid(pid=pid, born=born, why=why))
     os.write(gate_w, b"1")
     os.close(gate_w)
     return pid
@@ -276,7 +277,7 @@ def init(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
         state_json = _setup(ch, cfg)
     except BaseException as e:  # noqa: BLE001
-        _fail(ch, e)
+        report_failure(ch, e)
     _wait_and_exec(cfg, state_json)
 
 
@@ -285,7 +286,7 @@ def _preload(cfg: InitConfig) -> None:
     is joined or made: in a user namespace the interpreter's library may be unreadable
     to the mapped root (e.g. under /root), and after pivot_root it is out of reach."""
     import resource  # noqa: F401 - used by _set_rlimits
-    import _prctl  # noqa: F401 - used by caps.apply
+    import _prctl  # noqa: F401 - used by ksys.set_capabilities
     from ocirun import caps, devices, rootfs  # noqa: F401
     ksys.load()
     if cfg.spec.hooks.create_container or cfg.spec.hooks.start_container:
@@ -304,10 +305,6 @@ def _preload(cfg: InitConfig) -> None:
 def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     """Everything up to "ready"; returns the state JSON the parent gave for hooks."""
     _preload(cfg)  # already done by stage1: these are lookups in sys.modules
-    from ocirun import devices, rootfs
-    if cfg.console_fd is not None:
-        from ocirun import console
-
     spec = cfg.spec
     process = spec.process
     assert process is not None and spec.root is not None
@@ -318,49 +315,23 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     # A mount namespace joined by path gets the rootfs built in it too, as runc does
     # (create refused the runtime's own: see spec.host_namespace_conflicts).
     new_rootfs = mount_ns is not None
-    writable_for_now: tuple[Any, ...] = ()
-    if new_rootfs:
-        rootfs.prepare_root(spec)
-        root_fd = rootfs.open_root(spec.root.path)  # after the bind onto itself
-        try:
-            writable_for_now = rootfs.mount_all(spec, cfg.bundle, root_fd,
-                                                _bind_source_fds)
-            for fd in _bind_source_fds.values():
-                os.close(fd)
-            devices.create_devices(spec, in_userns, root_fd)
-            try:
-                os.close(rootfs.resolve_dir(root_fd, process.cwd))
-            except OSError as e:
-                raise _cwd_error(process.cwd, e) from None
-        finally:
-            os.close(root_fd)
+    writable_for_now = _build_rootfs(cfg, in_userns) if new_rootfs else ()
     if spec.hostname is not None:
-        import _socket
-        _socket.sethostname(spec.hostname)
+        from ocirun.compat import socket
+        socket.sethostname(spec.hostname)
     net_ns = linux.namespace("network")
     if net_ns is not None and net_ns.path is None:
         ksys.loopback_up()  # as runc: a new network namespace's lo starts down
     if spec.domainname is not None:
         ksys.setdomainname(spec.domainname)
-    ch.send("hooks")  # prestart + createRuntime run in the runtime's namespaces
-    msg, _ = ch.expect("go")
-    state_json = msg["state"].encode()
+    ch.send(RunHooks())  # prestart + createRuntime run in the runtime's namespaces
+    msg, _ = ch.expect(Go)
+    state_json = (msg.state or "").encode()
     if spec.hooks.create_container:
         from ocirun.hooks import run_hooks
         run_hooks(spec.hooks.create_container, container_hook_state(state_json, "creating"),
                   "createContainer", spec.root.path)
-    if new_rootfs:
-        rootfs.pivot(spec.root.path, cfg.no_pivot)
-    elif mount_ns is None:
-        _enter_root_by_chroot(cfg)
-    if cfg.console_fd is not None:
-        # After pivot_root, so the pty comes from the container's own devpts; before
-        # the root may go read-only, so /dev/console can still be created.
-        console.setup_console(cfg.console_fd, process.console_size, new_rootfs)
-    for key, value in linux.sysctl.items():  # before readonlyPaths covers /proc/sys
-        _write(f"/proc/sys/{key.replace('.', '/')}", value, f"sysctl {key}")
-    if new_rootfs:
-        rootfs.finish(spec, writable_for_now)
+    _enter_root(cfg, new_rootfs, writable_for_now)
     if process.oom_score_adj is not None:
         _write_own_proc("oom_score_adj", str(process.oom_score_adj), "oomScoreAdj")
     if linux.personality is not None:
@@ -369,9 +340,52 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
         _join_session_keyring(cfg.session_keyring)
     prepare_process(ch, process, cfg.seccomp, in_userns)
     executable(process.args[0], process.env)  # fail at create, as runc does
-    ch.send("ready")
+    ch.send(Ready())
     ch.close()
     return state_json
+
+
+def _build_rootfs(cfg: InitConfig, in_userns: bool) -> tuple[Any, ...]:
+    """Mounts, device nodes and the cwd's check, all beneath a rootfs fd; returns the
+    mounts to make read-only once everything beneath them is in place."""
+    from ocirun import devices, rootfs
+    spec = cfg.spec
+    assert spec.root is not None and spec.process is not None
+    rootfs.prepare_root(spec)
+    root_fd = rootfs.open_root(spec.root.path)  # after the bind onto itself
+    try:
+        writable_for_now = rootfs.mount_all(spec, cfg.bundle, root_fd, _bind_source_fds)
+        for fd in _bind_source_fds.values():
+            os.close(fd)
+        devices.create_devices(spec, in_userns, root_fd)
+        try:
+            os.close(rootfs.resolve_dir(root_fd, spec.process.cwd))
+        except OSError as e:
+            raise _cwd_error(spec.process.cwd, e) from None
+    finally:
+        os.close(root_fd)
+    return writable_for_now
+
+
+def _enter_root(cfg: InitConfig, new_rootfs: bool, writable_for_now: tuple[Any, ...]) -> None:
+    """pivot_root (or chroot without a mount namespace), the console, sysctls, then
+    masked/readonly paths and read-only mounts."""
+    from ocirun import rootfs
+    spec = cfg.spec
+    assert spec.root is not None and spec.process is not None
+    if new_rootfs:
+        rootfs.pivot(spec.root.path, cfg.no_pivot)
+    elif spec.linux.namespace("mount") is None:
+        _enter_root_by_chroot(cfg)
+    if cfg.console_fd is not None:
+        # After pivot_root, so the pty comes from the container's own devpts; before
+        # the root may go read-only, so /dev/console can still be created.
+        from ocirun import console
+        console.setup_console(cfg.console_fd, spec.process.console_size, new_rootfs)
+    for key, value in spec.linux.sysctl.items():  # before readonlyPaths covers /proc/sys
+        _write(f"/proc/sys/{key.replace('.', '/')}", value, f"sysctl {key}")
+    if new_rootfs:
+        rootfs.finish(spec, writable_for_now)
 
 
 def _enter_root_by_chroot(cfg: InitConfig) -> None:
@@ -571,7 +585,7 @@ def _load_seccomp(ch: Channel | None, prepared: Any) -> None:
     if listener is not None:
         if ch is None:
             raise OciError("seccomp notify listener created after the runtime exited")
-        ch.send("seccomp", fds=[listener])
+        ch.send(SeccompListener(), [listener])
         os.close(listener)
 
 

@@ -9,7 +9,7 @@ real `json`, so messages (line and column of a syntax error) stay exactly json's
 
 from __future__ import annotations
 
-import _json
+from ocirun.compat import json_c as _json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

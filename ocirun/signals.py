@@ -6,7 +6,7 @@ command; the runtime only needs the numbers, and names for messages and `kill`.
 
 from __future__ import annotations
 
-import _signal
+from ocirun.compat import signal as _signal
 
 _ALIASES = ("SIGIOT", "SIGPOLL", "SIGCLD")  # second names of SIGABRT, SIGIO, SIGCHLD
 _by_name: dict[str, int] = {}

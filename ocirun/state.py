@@ -274,6 +274,26 @@ def list_containers(root: str) -> Iterator[State]:
             continue
 
 
+def cgroup_records(root: str, skip_id: str) -> list[dict[str, Any]]:
+    """The "cgroup" records of every other container with a readable state file in
+    `root` (for cgroups.manager_for's `others`)."""
+    records = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return records
+    for name in names:
+        if name.startswith(".") or name == skip_id:
+            continue
+        try:
+            record = ContainerDir(root, name).read()
+        except (OciError, OSError, TypeError, ValueError):
+            continue  # not a container, being created or deleted, or unreadable
+        if record is not None and isinstance(record.cgroup, dict):
+            records.append(record.cgroup)
+    return records
+
+
 def rfc3339_now() -> str:
     now = time.time()
     frac = f"{now % 1:.9f}"[1:]

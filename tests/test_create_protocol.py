@@ -7,13 +7,14 @@ parent never runs hooks, or records a container, with pid 0.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
 
 import pytest
 
-from ocirun import lifecycle
+from ocirun import create, sync
 from ocirun import state as st
 from ocirun.spec import parse_spec
 from ocirun.specgen import default_spec
@@ -21,17 +22,20 @@ from ocirun.sync import ChildError
 
 
 class ScriptedChannel:
+    """Packets as the children send them (wire dicts, decoded as recv() does); what
+    the parent sends is kept as wire dicts too."""
+
     def __init__(self, messages: list[dict[str, Any]]) -> None:
         self.incoming = list(messages)
         self.sent: list[dict[str, Any]] = []
 
-    def expect(self, *kinds: str) -> tuple[dict[str, Any], list[int]]:
-        msg = self.incoming.pop(0)
-        assert msg["t"] in kinds, (msg, kinds)
+    def expect(self, *types: type) -> tuple[Any, list[int]]:
+        msg = sync.decode(json.dumps(self.incoming.pop(0)).encode())
+        assert isinstance(msg, types), (msg, types)
         return msg, []
 
-    def send(self, kind: str, fds: list[int] | None = None, **fields: Any) -> None:
-        self.sent.append({"t": kind, **fields})
+    def send(self, msg: Any, fds: list[int] | None = None) -> None:
+        self.sent.append(json.loads(sync.encode(msg)))
 
 
 def _exited_child() -> int:
@@ -47,12 +51,12 @@ def _drive(messages: list[dict[str, Any]],
     state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs", creating=True)
     ch = ScriptedChannel(messages)
     stage1 = _exited_child()
-    undo = lifecycle._Undo()
+    undo = create.Undo()
     with tempfile.TemporaryDirectory() as root:
         cdir = st.ContainerDir(root, "c")
         cdir.make()
         try:
-            lifecycle._drive_children(ch, spec, state, stage1, undo,  # type: ignore[arg-type]
+            create.drive_children(ch, spec, state, stage1, undo,  # type: ignore[arg-type]
                                       cdir)
         finally:
             undo.steps.clear()
@@ -79,3 +83,45 @@ def test_hooks_get_the_state_with_the_init_pid() -> None:
 def test_an_init_speaking_before_its_pid_is_known_is_an_error(first: str) -> None:
     with pytest.raises(ChildError, match="before its pid"):
         _drive([{"t": first}, {"t": "pid", "pid": 4242}, {"t": "ready"}])
+
+
+@pytest.mark.parametrize("packet,problem", [
+    (b'{"t": "launch"}', "unknown message 'launch'"),
+    (b'{"t": "pid"}', "missing 'pid'"),
+    (b'{"t": "pid", "pid": "4242"}', "bad field 'pid'"),
+    (b'{"t": "ready", "extra": 1}', "bad field 'extra'"),
+    (b'{"t": "go", "mounts": [1, "x"]}', "bad field 'mounts'"),
+    (b'[1, 2]', "unknown message None"),
+    (b'{"t": ', "malformed message"),
+])
+def test_a_malformed_message_is_a_protocol_error(packet: bytes, problem: str) -> None:
+    with pytest.raises(sync.ProtocolError, match=problem.replace("(", r"\(")):
+        sync.decode(packet)
+
+
+def test_every_message_survives_the_wire() -> None:
+    for msg in (sync.InitPid(pid=7, born=True, why=""), sync.Go(state="{}", mounts=(0, 2)),
+                sync.Failed(msg="no", code=3), sync.BindSources(mounts=(1,)), sync.Ready()):
+        assert sync.decode(sync.encode(msg)) == msg
+
+
+def test_a_real_channel_passes_fds_and_types() -> None:
+    a, b = sync.Channel.pair()
+    r, w = os.pipe()
+    try:
+        a.send(sync.SeccompListener(), [r])
+        msg, fds = b.expect(sync.SeccompListener)
+        assert isinstance(msg, sync.SeccompListener) and len(fds) == 1
+        os.close(fds[0])
+        a.send(sync.Failed(msg="it broke", code=5))
+        with pytest.raises(ChildError, match="it broke") as e:
+            b.expect(sync.Ready)
+        assert e.value.exit_code == 5
+        a.close()
+        with pytest.raises(ChildError) as e:
+            b.expect(sync.Ready)
+        assert e.value.kind == "died"
+    finally:
+        os.close(r)
+        os.close(w)
+        b.close()

@@ -27,7 +27,8 @@ import pytest
 from ocirun.errors import ConfigError, OciError
 from ocirun.seccomp import PreparedFilter, features, load, prepare, send_listener
 from ocirun.seccomp.cache import MAGIC, _read
-from ocirun.seccomp.profile import CONTAINERS_PROFILE, load_engine_profile
+import seccomp_notify
+from seccomp_profile import CONTAINERS_PROFILE, load_engine_profile
 from ocirun.spec import Seccomp, SyscallArg, SyscallRule
 from ocirun.sys import seccomp as ksys
 
@@ -378,14 +379,14 @@ def test_notify_listener_reaches_the_agent_and_answers_a_syscall(tmp_path: Path,
         poller = select.poll()
         poller.register(listener, select.POLLIN)
         assert poller.poll(10_000), "no notification within 10 s"
-        notif = ksys.notif_recv(listener)
+        notif = seccomp_notify.notif_recv(listener)
         assert notif.data.nr in (nr("mkdir"), nr("mkdirat"))
         path_arg = notif.data.args[0 if notif.data.nr == nr("mkdir") else 1]
         with open(f"/proc/{notif.pid}/mem", "rb") as mem:
             path = os.pread(mem.fileno(), 4096, path_arg).split(b"\0")[0]
         assert path == os.fsencode(target)
-        assert ksys.notif_id_valid(listener, notif.id)
-        ksys.notif_send(listener, notif.id, val=0, error=0)  # "done", without doing it
+        assert seccomp_notify.notif_id_valid(listener, notif.id)
+        seccomp_notify.notif_send(listener, notif.id, val=0, error=0)  # "done", without doing it
         os.close(listener)
 
         _, status = os.waitpid(helper, 0)

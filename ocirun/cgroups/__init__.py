@@ -3,7 +3,7 @@
 The lifecycle never touches cgroup files itself; it asks a manager made by
 `manager_for` (at create) or `manager_from_state` (for every later command).
 
-Order at create:  m = manager_for(spec.linux.cgroups_path, id, systemd, state_root=root)
+Order at create:  m = manager_for(spec.linux.cgroups_path, id, systemd, others=...)
                   m.create(); m.apply(spec.linux.resources); m.add_process(pid)
                   state["cgroup"] = m.to_state()
 Later commands:   m = manager_from_state(state["cgroup"]) then pids()/freeze()/thaw()/
@@ -22,7 +22,7 @@ from ocirun.errors import OciError
 # each command imports only the driver it uses (manager_for / manager_from_state).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Protocol
+    from typing import Any, Callable, Iterable, Protocol
 
     from ocirun.spec import Resources
 else:
@@ -96,17 +96,18 @@ def _clean(path: str) -> str:
 
 
 def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = False,
-                state_root: str | None = None) -> CgroupManager:
+                others: Callable[[], Iterable[dict[str, Any]]] | None = None) -> CgroupManager:
     """A manager for a new container; nothing is created until create().
 
     cgroupsPath: absolute -> that path in every hierarchy (relative to its root);
     relative -> nested under the caller's own cgroup in each hierarchy; unset -> the
     container id, relative (what runc does).  With `systemd`, "slice:prefix:name".
 
-    `state_root` (the runtime's --root) lets create() tell a cgroup another container
-    of that root made (adopted: removed by the last one out) from one that existed
-    before (joined: never removed); see base.py.  The systemd driver needs none: its
-    unit is the container's own.
+    `others` (the cgroup records of the other containers of the runtime's --root, read
+    only if a leaf already exists) lets create() tell a cgroup another container made
+    (adopted: removed by the last one out) from one that existed before (joined:
+    never removed); see base.py.  The systemd driver needs none: its unit is the
+    container's own.
     """
     from ocirun.cgroups import detect
 
@@ -125,10 +126,9 @@ def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = Fal
             paths[h.key] = os.path.join(h.fs_path(detect.own_cgroup(layout, h, own)), path)
     if layout.mode == "unified":
         from ocirun.cgroups.v2 import V2Manager
-        return V2Manager(path, paths, state_root=state_root, container_id=container_id)
+        return V2Manager(path, paths, others=others)
     from ocirun.cgroups.v1 import V1Manager
-    return V1Manager(path, paths, hybrid=layout.mode == "hybrid", state_root=state_root,
-                     container_id=container_id)
+    return V1Manager(path, paths, hybrid=layout.mode == "hybrid", others=others)
 
 
 def manager_from_state(data: dict[str, Any]) -> CgroupManager:
@@ -136,22 +136,8 @@ def manager_from_state(data: dict[str, Any]) -> CgroupManager:
     if data.get("driver") == "systemd":
         from ocirun.cgroups import systemd as sd
         return sd.from_state(data)
-    try:
-        mode, path = data["mode"], data["path"]
-        paths = {str(k): str(v) for k, v in data["paths"].items()}
-        created = [str(d) for d in data.get("created", [])]
-        adopted = [str(d) for d in data.get("adopted", [])]
-        classified = bool(data.get("classified", False))  # absent: an older record
-    except (KeyError, TypeError, AttributeError) as e:
-        raise OciError(f"cgroups: state.json has no usable cgroup record ({e})") from None
-    if mode == "unified":
-        from ocirun.cgroups.v2 import V2Manager
-        return V2Manager(path, paths, created, adopted=adopted, classified=classified)
-    if mode in ("v1", "hybrid"):
-        from ocirun.cgroups.v1 import V1Manager
-        return V1Manager(path, paths, created, hybrid=mode == "hybrid", adopted=adopted,
-                         classified=classified)
-    raise OciError(f"cgroups: state.json: unknown cgroup mode {mode!r}")
+    from ocirun.cgroups.records import file_manager_from_state
+    return file_manager_from_state(data)
 
 
 __all__ = ["CgroupManager", "manager_for", "manager_from_state"]

@@ -14,8 +14,9 @@ state.json via to_state():
 Ownership of an existing leaf is decided at create, and only there (`_claim`):
 fsutil.makedirs says whether the leaf was made, and only a leaf that already existed
 costs a look at the other containers' records, so the common fresh create does no
-extra work.  This needs the state root (`manager_for(..., state_root=)`); such a
-manager is `classified`.  A manager made without one (the systemd driver's file
+extra work.  This needs the other containers' cgroup records, which the caller
+passes as a function (`manager_for(..., others=)`: the managers never read state
+files); such a manager is `classified`.  A manager made without one (the systemd driver's file
 manager, whose leaves are the unit's cgroup that systemd made for this very
 container; records written before this rule) is not: its leaves it did not make are
 removed with a plain rmdir once empty, by the last one out.
@@ -32,7 +33,7 @@ from ocirun.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable, Iterable
 
     from ocirun.cgroups.devices import DeviceState
     from ocirun.cgroups.resources import Write
@@ -48,17 +49,16 @@ class BaseManager:
 
     def __init__(self, cgroups_path: str, paths: dict[str, str],
                  created: list[str] | None = None, *, adopted: list[str] | None = None,
-                 classified: bool = False, state_root: str | None = None,
-                 container_id: str = "") -> None:
+                 classified: bool = False,
+                 others: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
         self.cgroups_path = cgroups_path  # as resolved from the spec, for humans
         self.paths = dict(paths)
         self.created: list[str] = list(created or [])
         self.adopted: list[str] = list(adopted or [])
         # True: a leaf neither created nor adopted was joined, and is never removed.
-        self.classified = classified or state_root is not None
-        # Only create() reads these (to classify existing leaves); not in state.json.
-        self.state_root = state_root
-        self.container_id = container_id
+        self.classified = classified or others is not None
+        # Only create() calls it (to classify existing leaves); not in state.json.
+        self.others = others
 
     # ------------------------------------------------------------ to override
     def version_of(self, controller: str) -> int | None:
@@ -113,9 +113,10 @@ class BaseManager:
                 made = fsutil.makedirs(directory)
                 # Record before fixing up, so a failure below still lets destroy() clean up.
                 self.created += made
-                if self.state_root is not None and os.path.normpath(directory) not in made:
+                if self.others is not None and os.path.normpath(directory) not in made:
                     if owned_elsewhere is None:  # at most one scan per create
-                        owned_elsewhere = _owned_elsewhere(self.state_root, self.container_id)
+                        owned_elsewhere = {d for record in self.others()
+                                           for d in owned_dirs(record)}
                     self._claim(directory, owned_elsewhere)
                 self._after_mkdir(key, made)
         except BaseException:
@@ -409,28 +410,7 @@ class BaseManager:
         fsutil.write(path, value, w.what)
 
 
-def _owned_elsewhere(state_root: str, skip_id: str) -> set[str]:
-    """Every directory the other containers with a state file in the root own
-    (created or adopted), from their "cgroup" records."""
-    from ocirun import state as st
-    owned: set[str] = set()
-    try:
-        names = os.listdir(state_root)
-    except OSError:
-        return owned
-    for name in names:
-        if name.startswith(".") or name == skip_id:
-            continue
-        try:
-            record = st.ContainerDir(state_root, name).read()
-        except (OciError, OSError, TypeError, ValueError):
-            continue  # not a container, being created or deleted, or unreadable
-        if record is not None and isinstance(record.cgroup, dict):
-            owned.update(_owned_dirs(record.cgroup))
-    return owned
-
-
-def _owned_dirs(record: dict[str, Any]) -> list[str]:
+def owned_dirs(record: dict[str, Any]) -> list[str]:
     """What one cgroup record owns; a systemd record holds its file manager's
     record under "fs"."""
     dirs: list[str] = []
@@ -440,5 +420,5 @@ def _owned_dirs(record: dict[str, Any]) -> list[str]:
             dirs += [d for d in value if isinstance(d, str)]
     inner = record.get("fs")
     if isinstance(inner, dict):
-        dirs += _owned_dirs(inner)
+        dirs += owned_dirs(inner)
     return dirs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from ocirun.cgroups import fsutil
 from ocirun.cgroups.common import UNIFIED  # noqa: F401 - "" keys the cgroup2 hierarchy
 from ocirun.errors import OciError
 from ocirun.record import Record
@@ -76,18 +77,10 @@ def _unescape(field_: str) -> str:
     return "".join(out)
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise OciError(f"cgroups: read {path}: {e.strerror}") from None
-
-
 def _kernel_v1_controllers() -> set[str]:
     """Controllers the kernel knows and has enabled (from /proc/cgroups)."""
     out = set()
-    for line in _read("/proc/cgroups").splitlines():
+    for line in fsutil.read("/proc/cgroups").splitlines():
         if line.startswith("#"):
             continue
         parts = line.split()
@@ -104,7 +97,7 @@ def detect(mountinfo: str = "/proc/self/mountinfo", known: set[str] | None = Non
     """
     known = _kernel_v1_controllers() if known is None else known
     hierarchies: dict[str, Hierarchy] = {}
-    for line in _read(mountinfo).splitlines():
+    for line in fsutil.read(mountinfo).splitlines():
         left, sep, right = line.partition(" - ")
         if not sep:
             continue
@@ -116,7 +109,7 @@ def detect(mountinfo: str = "/proc/self/mountinfo", known: set[str] | None = Non
             if UNIFIED in hierarchies:
                 continue
             try:
-                ctrls = frozenset(_read(os.path.join(mnt, "cgroup.controllers")).split())
+                ctrls = frozenset(fsutil.read(os.path.join(mnt, "cgroup.controllers")).split())
             except OciError:
                 continue
             hierarchies[UNIFIED] = Hierarchy(UNIFIED, mnt, root, ctrls)
@@ -151,7 +144,7 @@ def proc_cgroups(pid: int | str = "self") -> dict[str, str]:
     cgroup2 line ("0::/x") maps to UNIFIED.
     """
     out: dict[str, str] = {}
-    for line in _read(f"/proc/{pid}/cgroup").splitlines():
+    for line in fsutil.read(f"/proc/{pid}/cgroup").splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue

@@ -12,22 +12,13 @@ access MKNOD=1, READ=2, WRITE=4.  The program returns 1 to allow, 0 to deny.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 
 from ocirun.cgroups.devices import DeviceState
 from ocirun.errors import OciError
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351,
-            "riscv64": 280, "i686": 357, "armv7l": 386}
-
-BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
-BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY = 13, 16
-BPF_PROG_TYPE_CGROUP_DEVICE = 15
-BPF_CGROUP_DEVICE = 6  # attach type
-BPF_F_ALLOW_MULTI = 2
+from ocirun.sys import bpf
 
 _DEV_TYPE = {"b": 1, "c": 2}
 _ACCESS_BIT = {"m": 1, "r": 2, "w": 4}
@@ -96,77 +87,6 @@ def assemble(state: DeviceState) -> bytes:
     return b"".join(prog)
 
 
-# ------------------------------------------------------------------- syscalls
-def _bpf(cmd: int, attr: ctypes.Array) -> int:  # type: ignore[type-arg]
-    machine = os.uname().machine  # what platform.machine() returns, without `platform`
-    nr = _SYS_BPF.get(machine)
-    if nr is None:
-        raise OciError(f"cgroups: bpf(2): unsupported architecture {machine}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr,
-                       ctypes.c_uint(ctypes.sizeof(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(ret)
-
-
-def load(insns: bytes) -> int:
-    """BPF_PROG_LOAD; returns the program fd.  The verifier's log is in the error."""
-    code = ctypes.create_string_buffer(insns, len(insns))
-    license_ = ctypes.create_string_buffer(b"Apache")
-    for log_size in (0, 1 << 16):
-        log = ctypes.create_string_buffer(log_size) if log_size else None
-        attr = ctypes.create_string_buffer(128)
-        struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE, len(insns) // 8,
-                         ctypes.addressof(code), ctypes.addressof(license_),
-                         1 if log else 0, log_size, ctypes.addressof(log) if log else 0)
-        attr[48:48 + 12] = b"ocirun_dev\0\0"  # prog_name (shows in bpftool)
-        try:
-            return _bpf(BPF_PROG_LOAD, attr)
-        except OSError as e:
-            if log is None and e.errno not in (errno.EPERM, errno.ENOSYS):
-                continue  # retry once with the verifier log for a useful message
-            detail = log.value.decode(errors="replace").strip().splitlines()[-1:] if log else []
-            raise OciError("cgroups: load the device BPF program: "
-                           f"{e.strerror.lower()}{': ' + detail[0] if detail else ''}") from None
-    raise AssertionError("unreachable")
-
-
-def _attached(cgroup_fd: int) -> list[int]:
-    ids = (ctypes.c_uint32 * 64)()
-    attr = ctypes.create_string_buffer(64)
-    struct.pack_into("<IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0,
-                     ctypes.addressof(ids), len(ids))
-    _bpf(BPF_PROG_QUERY, attr)
-    count = struct.unpack_from("<I", attr, 24)[0]
-    return list(ids[:count])
-
-
-def _attach(cgroup_fd: int, prog_fd: int, flags: int) -> None:
-    attr = ctypes.create_string_buffer(32)
-    struct.pack_into("<IIII", attr, 0, cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, flags)
-    _bpf(BPF_PROG_ATTACH, attr)
-
-
-def _detach_id(cgroup_fd: int, prog_id: int) -> None:
-    attr = ctypes.create_string_buffer(16)
-    struct.pack_into("<I", attr, 0, prog_id)
-    try:
-        fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
-    except OSError:
-        return  # already gone
-    try:
-        attr = ctypes.create_string_buffer(32)
-        struct.pack_into("<III", attr, 0, cgroup_fd, fd, BPF_CGROUP_DEVICE)
-        _bpf(BPF_PROG_DETACH, attr)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def install(cgroup_dir: str, state: DeviceState) -> None:
     """Attach a program enforcing `state` to cgroup_dir, replacing ones attached before.
 
@@ -174,7 +94,11 @@ def install(cgroup_dir: str, state: DeviceState) -> None:
     window without device control.  The attachment keeps the program alive after our
     fd is closed, until the cgroup is removed.
     """
-    prog_fd = load(assemble(state))
+    try:
+        prog_fd = bpf.load_cgroup_device_program(assemble(state))
+    except OSError as e:
+        raise OciError("cgroups: load the device BPF program: "
+                       f"{(e.strerror or str(e)).lower()}") from None
     try:
         cg_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -182,20 +106,20 @@ def install(cgroup_dir: str, state: DeviceState) -> None:
         raise OciError(f"cgroups: open {cgroup_dir}: {e.strerror.lower()}") from None
     try:
         try:
-            old = _attached(cg_fd)
+            old = bpf.attached_device_programs(cg_fd)
         except OSError:
             old = []
         try:
-            _attach(cg_fd, prog_fd, BPF_F_ALLOW_MULTI)
+            bpf.attach_device_program(cg_fd, prog_fd, bpf.BPF_F_ALLOW_MULTI)
         except OSError as e:
             if e.errno != errno.EPERM or not old:
                 raise OciError("cgroups: attach the device BPF program to "
                                f"{cgroup_dir}: {e.strerror.lower()}") from None
             # Someone attached in exclusive mode: replacing it is the only way in.
-            _attach(cg_fd, prog_fd, 0)
+            bpf.attach_device_program(cg_fd, prog_fd, 0)
             old = []
         for prog_id in old:
-            _detach_id(cg_fd, prog_id)
+            bpf.detach_device_program(cg_fd, prog_id)
     finally:
         os.close(cg_fd)
         os.close(prog_fd)

@@ -22,7 +22,7 @@ def read(path: str) -> str:
         with open(path) as f:
             return f.read()
     except OSError as e:
-        raise OciError(f"cgroups: read {path}: {_reason(e)}") from None
+        raise OciError(f"cgroups: read {path}: {_reason(e)}", errno=e.errno) from None
 
 
 def read_or_none(path: str) -> str | None:
@@ -66,12 +66,13 @@ def write(path: str, value: str | int, what: str | None = None) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise OciError(f"cgroups: {what + ': ' if what else ''}open {path}: {_reason(e)}") from None
+        raise OciError(f"cgroups: {what + ': ' if what else ''}open {path}: {_reason(e)}",
+                       errno=e.errno) from None
     try:
         os.write(fd, data)
     except OSError as e:
         raise OciError(f"cgroups: {what + ': ' if what else ''}write {data.decode()!r} to "
-                       f"{path}: {_reason(e)}") from None
+                       f"{path}: {_reason(e)}", errno=e.errno) from None
     finally:
         os.close(fd)
 
@@ -98,7 +99,7 @@ def procs(directory: str, recursive: bool = True) -> list[int]:
         text = read_or_none(os.path.join(dirpath, "cgroup.procs"))
         if text is None:
             if dirpath == directory and not os.path.isdir(directory):
-                raise OciError(f"cgroups: {directory}: no such cgroup")
+                raise OciError(f"cgroups: {directory}: no such cgroup", errno=errno.ENOENT)
             continue
         for word in text.split():
             pid = int(word)
@@ -148,7 +149,7 @@ def makedirs(path: str) -> list[str]:
         except FileExistsError:
             pass  # a concurrent creator won: it is not ours to remove
         except OSError as e:
-            raise OciError(f"cgroups: mkdir {d}: {_reason(e)}") from None
+            raise OciError(f"cgroups: mkdir {d}: {_reason(e)}", errno=e.errno) from None
     return created
 
 
@@ -174,6 +175,7 @@ def rmdir_tree(path: str, deadline: float) -> None:
             if e.errno not in (errno.EBUSY, errno.EAGAIN) or time.monotonic() >= deadline:
                 left = procs(path) if e.errno == errno.EBUSY else []
                 extra = f" (pids still inside: {', '.join(map(str, left[:10]))})" if left else ""
-                raise OciError(f"cgroups: remove {path}: {_reason(e)}{extra}") from None
+                raise OciError(f"cgroups: remove {path}: {_reason(e)}{extra}",
+                               errno=e.errno) from None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)

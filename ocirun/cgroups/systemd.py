@@ -20,6 +20,7 @@ add_process() (stage 1's pid).  Without systemd, --systemd-cgroup is an error.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -32,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ocirun.cgroups import CgroupManager
+    from ocirun.cgroups.base import BaseManager
     from ocirun.spec import Resources
 
 
@@ -95,10 +96,10 @@ def manager_for(cgroups_path: str | None, container_id: str) -> "SystemdManager"
 
 
 def from_state(data: dict[str, Any]) -> "SystemdManager":
-    from ocirun.cgroups import manager_from_state
+    from ocirun.cgroups.records import file_manager_from_state
     try:
         path = SystemdPath(str(data["slice"]), str(data["unit"]))
-        inner = manager_from_state(data["fs"]) if data.get("fs") else None
+        inner = file_manager_from_state(data["fs"]) if data.get("fs") else None
     except (KeyError, TypeError) as e:
         raise OciError(f"cgroups: state.json has no usable systemd unit record ({e})") from None
     return SystemdManager(path, str(data.get("id", "")), inner)
@@ -214,13 +215,11 @@ def _properties(res: Resources | None, unified: bool) -> list[tuple[str, Any]]:
             u64("MemorySwapMax", swap_to_v2(m.swap, m.limit))
     if res.pids_limit is not None and res.pids_limit != 0:
         u64("TasksMax", res.pids_limit)
+    from ocirun.cgroups.resources import blkio_weight_to_io_weight, shares_to_weight
     c = res.cpu
     if c is not None and c.shares:
-        if unified:
-            from ocirun.cgroups.resources import shares_to_weight
-            u64("CPUWeight", shares_to_weight(c.shares))
-        else:
-            u64("CPUShares", c.shares)
+        u64(*(("CPUWeight", shares_to_weight(c.shares)) if unified else
+              ("CPUShares", c.shares)))
     if c is not None and c.period:
         u64("CPUQuotaPeriodUSec", c.period)
     if c is not None and c.quota is not None and c.quota != 0:
@@ -238,11 +237,8 @@ def _properties(res: Resources | None, unified: bool) -> list[tuple[str, Any]]:
             props.append(("AllowedMemoryNodes", Variant("ay", _cpu_mask(c.mems))))
     b = res.block_io
     if b is not None and b.weight:
-        if unified:
-            from ocirun.cgroups.resources import blkio_weight_to_io_weight
-            u64("IOWeight", blkio_weight_to_io_weight(b.weight))
-        else:
-            u64("BlockIOWeight", b.weight)
+        u64(*(("IOWeight", blkio_weight_to_io_weight(b.weight)) if unified else
+              ("BlockIOWeight", b.weight)))
     return props
 
 
@@ -252,7 +248,7 @@ class SystemdManager:
     self_placing = False  # StartTransientUnit places the pid
 
     def __init__(self, path: SystemdPath, container_id: str,
-                 inner: CgroupManager | None = None) -> None:
+                 inner: BaseManager | None = None) -> None:
         self.path = path
         self.cgroups_path = path.cgroup
         self.container_id = container_id
@@ -265,7 +261,7 @@ class SystemdManager:
         from ocirun.cgroups import detect
         return self.inner.mode if self.inner is not None else detect.detect().mode
 
-    def _fs(self) -> CgroupManager:
+    def _fs(self) -> BaseManager:
         if self.inner is None:
             raise OciError(f"cgroups: systemd unit {self.path.unit} was never started")
         return self.inner
@@ -361,11 +357,11 @@ class SystemdManager:
                     created[:] = list(dict.fromkeys(created))
                 return
             except OciError as e:
-                if "no such file" not in e.message.lower() or attempt == 4:
+                if e.errno != errno.ENOENT or attempt == 4:
                     raise
             time.sleep(0.01)
 
-    def _file_manager(self, layout: Any, pid: int, is_slice: bool) -> CgroupManager:
+    def _file_manager(self, layout: Any, pid: int, is_slice: bool) -> BaseManager:
         """A v1/v2 file manager for the unit's cgroup in every hierarchy.
 
         Where systemd put the pid (its own hierarchy: cgroup2, or name=systemd on

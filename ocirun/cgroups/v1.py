@@ -17,7 +17,7 @@ from ocirun.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable, Iterable
 
     from ocirun.cgroups.devices import DeviceState
     from ocirun.cgroups.resources import Write
@@ -27,9 +27,9 @@ class V1Manager(BaseManager):
     def __init__(self, cgroups_path: str, paths: dict[str, str],
                  created: list[str] | None = None, hybrid: bool | None = None, *,
                  adopted: list[str] | None = None, classified: bool = False,
-                 state_root: str | None = None, container_id: str = "") -> None:
+                 others: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
         super().__init__(cgroups_path, paths, created, adopted=adopted, classified=classified,
-                         state_root=state_root, container_id=container_id)
+                         others=others)
         self.mode = "hybrid" if (UNIFIED in paths if hybrid is None else hybrid) else "v1"
 
     def _key_for(self, controller: str) -> str | None:

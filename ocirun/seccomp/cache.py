@@ -27,19 +27,12 @@ import os
 import sys
 
 from ocirun.record import Record
+from ocirun.compat import sha256
 from ocirun.sys import seccomp as ksys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ocirun.spec import Seccomp
-
-try:  # the C module behind hashlib.sha256, without hashlib's ~4 ms OpenSSL import
-    from _sha256 import sha256  # type: ignore[import-not-found]  # CPython <= 3.11
-except ImportError:  # pragma: no cover - other interpreters / versions
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found,no-redef]  # CPython 3.12+
-    except ImportError:
-        from hashlib import sha256  # type: ignore[assignment]
 
 FORMAT_VERSION = 1
 MAGIC = b"ocirun-seccomp-bpf/1\n"

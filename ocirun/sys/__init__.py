@@ -1,13 +1,17 @@
 """The one place that calls libc through ctypes.
 
-Only the calls the standard library lacks (on 3.11) live here.  Each raises OSError with
-the errno and the call's subject, so callers can turn it into a user message.
+Only the calls the standard library lacks (on 3.11) live here, with their syscall
+numbers per architecture in arch.py; sys/seccomp.py and sys/bpf.py hold the seccomp
+and BPF calls.  Each raises OSError with the errno and the call's subject, so callers
+can turn it into a user message.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from ocirun.sys import arch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,23 +66,15 @@ NAMESPACE_FILES = {
 }
 
 PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-# x86_64 syscall numbers of calls glibc 2.36 does not wrap
-_SYS_PIVOT_ROOT = 155
-_SYS_CLOSE_RANGE = 436
-_SYS_KEYCTL = 250
-# Added after the syscall tables were unified: the same numbers on every architecture.
-_SYS_FSOPEN = 430
-_SYS_FSCONFIG = 431
-_SYS_FSMOUNT = 432
-_SYS_OPENAT2 = 437
-_SYS_CLONE3 = 435
 CLONE_INTO_CGROUP = 0x200000000
-_SIGCHLD = 17
 FSOPEN_CLOEXEC = 0x1
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
@@ -93,7 +89,6 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
-_SYS_MOUNT_SETATTR = 442
 _AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
 
@@ -109,7 +104,7 @@ _KEYCTL_JOIN_SESSION_KEYRING = 1
 _loaded_libc: ctypes.CDLL | None = None
 
 
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
     """libc, importing ctypes on first use: ~3 ms that the runtime's parent never
     needs; stage1 pays it while the parent waits on the cgroup.  Every caller calls
     this before it evaluates its arguments, so `ctypes` is bound by then."""
@@ -123,7 +118,7 @@ def _libc() -> ctypes.CDLL:
 
 def load() -> None:
     """Load ctypes and libc now, while the interpreter's files are still reachable."""
-    _libc()
+    libc()
 
 
 def _check(ret: int, what: str, subject: str | None = None) -> int:
@@ -139,34 +134,34 @@ def _b(s: str | None) -> bytes | None:
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
-    _check(_libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags),
+    _check(libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags),
                          _b(data)), "mount", target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc().umount2(_b(target), flags), "umount", target)
+    _check(libc().umount2(_b(target), flags), "umount", target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    _check(_libc().syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root",
-           new_root)
+    _check(libc().syscall(arch.number("pivot_root"), _b(new_root), _b(put_old)),
+           "pivot_root", new_root)
 
 
 def unshare(flags: int) -> None:
-    _check(_libc().unshare(flags), "unshare")
+    _check(libc().unshare(flags), "unshare")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
-    _check(_libc().setns(fd, nstype), "setns")
+    _check(libc().setns(fd, nstype), "setns")
 
 
 def setdomainname(name: str) -> None:
     raw = name.encode()
-    _check(_libc().setdomainname(raw, len(raw)), "setdomainname")
+    _check(libc().setdomainname(raw, len(raw)), "setdomainname")
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
-    if _libc().syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(last), 0) < 0:
+    if libc().syscall(arch.number("close_range"), first, ctypes.c_uint(last), 0) < 0:
         os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # kernels before 5.9
 
 
@@ -174,37 +169,39 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     """openat2(2): `path` resolved under `resolve`'s rules (RESOLVE_IN_ROOT: as if
     dir_fd were "/", symlinks included).  Raises OSError(ENOSYS) before Linux 5.6."""
     how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(_libc().syscall(_SYS_OPENAT2, dir_fd, _b(path), how, ctypes.sizeof(how)),
+    return _check(libc().syscall(arch.number("openat2"), dir_fd, _b(path), how, ctypes.sizeof(how)),
                   "openat2", path)
 
 
 def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
     """mount_setattr(2) on the mount `fd` names and every mount beneath it."""
     attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
-    _check(_libc().syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
+    _check(libc().syscall(arch.number("mount_setattr"), fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
                            attr, ctypes.sizeof(attr)), "mount_setattr")
 
 
 def fsmount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
     """A new filesystem instance as a detached mount (fsopen/fsconfig/fsmount): an
     O_PATH-like fd of its root, attached nowhere, so no namespace can remount it."""
-    libc = _libc()
-    ctx = _check(libc.syscall(_SYS_FSOPEN, _b(fstype), FSOPEN_CLOEXEC), "fsopen", fstype)
+    lib = libc()
+    fsconfig = arch.number("fsconfig")
+    ctx = _check(lib.syscall(arch.number("fsopen"), _b(fstype), FSOPEN_CLOEXEC), "fsopen",
+                 fstype)
     try:
         for key, value in options.items():
-            _check(libc.syscall(_SYS_FSCONFIG, ctx, FSCONFIG_SET_STRING, _b(key), _b(value),
-                                0), "fsconfig", f"{key}={value}")
-        _check(libc.syscall(_SYS_FSCONFIG, ctx, FSCONFIG_CMD_CREATE, None, None, 0),
-               "fsconfig", fstype)
-        return _check(libc.syscall(_SYS_FSMOUNT, ctx, FSMOUNT_CLOEXEC, attrs), "fsmount",
-                      fstype)
+            _check(lib.syscall(fsconfig, ctx, FSCONFIG_SET_STRING, _b(key), _b(value), 0),
+                   "fsconfig", f"{key}={value}")
+        _check(lib.syscall(fsconfig, ctx, FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig",
+               fstype)
+        return _check(lib.syscall(arch.number("fsmount"), ctx, FSMOUNT_CLOEXEC, attrs),
+                      "fsmount", fstype)
     finally:
         os.close(ctx)
 
 
 def loopback_up() -> None:
     """Set IFF_UP on `lo` of the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
-    import _socket
+    from ocirun.compat import socket as _socket
     import fcntl
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
@@ -234,17 +231,19 @@ def clone3(flags: int = 0, cgroup_fd: int = -1) -> int:
     parent's: the child must not use pthread_kill/raise (ours exec or fork before they
     could)."""
     global _pydll
-    _libc()
+    libc()
     if _pydll is None:
         _pydll = ctypes.PyDLL(None, use_errno=True)
         _pydll.syscall.restype = ctypes.c_long
+    from ocirun.compat import signal as _signal
     if cgroup_fd >= 0:
         flags |= CLONE_INTO_CGROUP
-    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, _SIGCHLD, 0, 0, 0, 0, 0,
+    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, _signal.SIGCHLD, 0, 0, 0, 0, 0,
                                   max(cgroup_fd, 0))
+    nr = ctypes.c_long(arch.number("clone3"))
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    pid = _pydll.syscall(ctypes.c_long(_SYS_CLONE3), args, ctypes.c_size_t(ctypes.sizeof(args)))
+    pid = _pydll.syscall(nr, args, ctypes.c_size_t(ctypes.sizeof(args)))
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
@@ -270,20 +269,29 @@ def set_child_subreaper() -> None:
     _prctl.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+def set_capabilities(effective: set[int], permitted: set[int], inheritable: set[int],
+                     every: set[int]) -> None:
+    """capset(2) of all three sets at once, exactly these capabilities of `every`
+    (through python-prctl's C module, which does it in one call)."""
+    import _prctl
+    _prctl.set_caps(list(effective), list(permitted), list(inheritable),
+                    list(every - effective), list(every - permitted), list(every - inheritable))
+
+
 def malloc_trim() -> None:
     """Return the free heap memory of this process to the kernel."""
-    _libc().malloc_trim(0)
+    libc().malloc_trim(0)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+    return _check(libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                                 ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), "prctl")
 
 
 def personality(persona: int) -> None:
-    _check(_libc().personality(ctypes.c_ulong(persona)), "personality")
+    _check(libc().personality(ctypes.c_ulong(persona)), "personality")
 
 
 def join_session_keyring(name: str) -> int:
-    return _check(_libc().syscall(_SYS_KEYCTL, _KEYCTL_JOIN_SESSION_KEYRING, _b(name)),
+    return _check(libc().syscall(arch.number("keyctl"), _KEYCTL_JOIN_SESSION_KEYRING, _b(name)),
                   "keyctl")
