@@ -20,9 +20,14 @@ for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/*/bin/python3 /usr/bin/python3.
   found="$found $version"
   venv=$venvs/$version
   if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pytest, prctl, pyseccomp, jsonschema' 2>/dev/null; then
-    "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-      jsonschema python-prctl pyseccomp pytest hypothesis hypothesis-jsonschema
+    log=$(mktemp)
+    if ! { "$py" -m venv "$venv" && "$venv/bin/python" -m pip install -q \
+           --disable-pip-version-check jsonschema python-prctl pyseccomp pytest hypothesis \
+           hypothesis-jsonschema; } >"$log" 2>&1; then
+      echo "pythons: preparing $venv for CPython $version failed:"; tail -5 "$log"
+      rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
   fi
   echo "== CPython $version ($py)"
   # shellcheck disable=SC2086

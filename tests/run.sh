@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what the tests need (idempotent) and run every test: the conformance suite,
 # the cgroup tests in a pure cgroup v2 guest (our own QEMU launcher,
-# tests/cgroup2-guest.sh), and the pytest suite on this host.  Run as root from anywhere;
+# tests/cgroup2-guest.sh), the pytest suite on this host, and a compatibility leg on the
+# machine's other CPythons (tests/pythons.sh).  Run as root from anywhere;
 # a guest that cannot boot (no QEMU) fails the run with one line saying so.
 set -eu
 cd "$(dirname "$0")/.."
@@ -34,4 +35,6 @@ if [ -x tests/cgroup2_vm.sh ] && [ "${OCIRUN_SKIP_VM:-0}" != 1 ]; then
   tests/cgroup2_vm.sh || status=1
 fi
 python3 -m pytest -q -rs -p no:cacheprovider tests || status=1
+# The unit tests and real containers on the machine's other CPythons (3.12, 3.13).
+tests/pythons.sh || status=1
 exit $status
