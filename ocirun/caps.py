@@ -3,7 +3,6 @@ no_new_privs — in the order the kernel requires."""
 
 from __future__ import annotations
 
-import os
 
 from ocirun import sys as ksys
 from ocirun.errors import OciError
@@ -96,9 +95,9 @@ def drop_bounding(caps: Capabilities) -> None:
 def set_user(process: Process, setgroups_allowed: bool) -> None:
     user = process.user
     if setgroups_allowed:
-        os.setgroups(list(user.additional_gids))
-    os.setresgid(user.gid, user.gid, user.gid)
-    os.setresuid(user.uid, user.uid, user.uid)
+        ksys.setgroups(list(user.additional_gids))
+    ksys.setresgid(user.gid)  # the group first: without uid 0 it could not change
+    ksys.setresuid(user.uid)
 
 
 def _check_sets(eff: set[int], perm: set[int], inh: set[int], bounding: set[int]) -> None:

@@ -14,21 +14,23 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["json_c", "sha256", "signal", "socket"]
-
 import _signal as signal  # numbers and signal(), without the IntEnums (built in)
 
 
+# Extension modules (a shared library to load each), imported on first use: only the
+# commands that need them pay for them.
+_LAZY = {
+    "json_c": "_json",  # the scanner and encoder json itself drives
+    "socket": "_socket",  # socketpair/sendmsg/recvmsg, without the enums
+}
+
+
 def __getattr__(name: str) -> Any:
-    # Extension modules (a shared library to load each): only for the commands that
-    # use them.
-    if name == "json_c":
-        import _json  # the scanner and encoder json itself drives
-        return _json
-    if name == "socket":
-        import _socket  # socketpair/sendmsg/recvmsg, without the enums
-        return _socket
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = __import__(_LAZY[name])
+    globals()[name] = module
+    return module
 
 
 def sha256(data: bytes = b"") -> Any:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ocirun.sync import Channel
 
 from ocirun.compat import signal
+from ocirun import container
 from ocirun import log
 from ocirun import process as proc
 from ocirun import state as st
@@ -130,7 +131,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
     n_listen = listen_fds()
     _check_passed_fds(n_listen, "LISTEN_FDS")
     _check_passed_fds(n_listen + opts.preserve_fds, "--preserve-fds")
-    spec, raw_config = _checked_config(bundle, opts, console_sock, config)
+    spec = _checked_config(bundle, opts, console_sock, config)
     seccomp = None
     if spec.linux.seccomp is not None:
         from ocirun import seccomp as sc
@@ -144,8 +145,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         # create is killed the lock goes with it, leaving the records below to clean
         # up from.
         cdir.lock()
-        with open(cdir.file(st.CONFIG_FILE), "wb") as f:
-            f.write(raw_config)  # the config as parsed, for later hooks
+        container.write(cdir, spec)  # what every later command reads back
         fifo = cdir.file(st.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)
@@ -176,11 +176,11 @@ def create(root: str, container_id: str, opts: CreateOptions,
 
 
 def _checked_config(bundle: str, opts: CreateOptions, console_sock: Any,
-                    config: tuple[Spec, bytes] | None) -> tuple[Spec, bytes]:
+                    config: tuple[Spec, bytes] | None) -> Spec:
     """The bundle's config, with every check create makes before anything exists."""
     from ocirun import caps
     from ocirun.spec import host_namespace_conflicts, mountless_conflicts, read_spec
-    spec, raw_config = config if config is not None else read_spec(bundle)
+    spec = (config if config is not None else read_spec(bundle))[0]
     assert spec.root is not None and spec.process is not None
     host_namespace_conflicts(spec)
     mountless_conflicts(spec)
@@ -197,7 +197,7 @@ def _checked_config(bundle: str, opts: CreateOptions, console_sock: Any,
     if spec.linux.intel_rdt is not None:
         _refuse_intel_rdt()
     # Warns here: the init's stderr is the container's.
-    return caps.keep_grantable_spec(spec), raw_config
+    return caps.keep_grantable_spec(spec)
 
 
 class _Children:

@@ -11,7 +11,6 @@ if TYPE_CHECKING:
 
 from ocirun.compat import signal
 from ocirun import container
-from ocirun import jsonio
 from ocirun import log
 from ocirun import process as proc
 from ocirun import state as st
@@ -38,14 +37,7 @@ def _delete_unrecorded(cdir: st.ContainerDir, why: str) -> None:
     a garbled or emptied state.json): end what is in the cgroup the stored config
     names and remove it, unless another container's record claims that cgroup."""
     log.warn(f"{why}: cleaning up by the cgroup of the stored config.json")
-    try:
-        with open(cdir.file(st.CONFIG_FILE), "rb") as f:
-            linux = jsonio.loads(f.read()).get("linux", {})
-        cgroups_path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
-        if not isinstance(cgroups_path, str):
-            cgroups_path = None
-    except (OSError, ValueError, RecursionError, AttributeError):
-        cgroups_path = None
+    cgroups_path = container.cgroups_path(cdir)
     from ocirun.cgroups import manager_for
     try:
         cgroup = manager_for(cgroups_path, cdir.id)

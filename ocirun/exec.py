@@ -28,7 +28,7 @@ from ocirun import sys as ksys
 from ocirun.errors import OciError
 from ocirun.record import Record
 from ocirun.spec import (CAPABILITIES, Capabilities, ConsoleSize, Process, Spec,
-                         parse_process, parse_spec)
+                         parse_process)
 from ocirun.sync import Channel, ChildError, Failed, Go, InitPid, SeccompListener
 
 TYPE_CHECKING = False
@@ -171,8 +171,8 @@ def _load_container(root: str, container_id: str, ignore_paused: bool
     if state.status == "creating":
         raise OciError(f"cannot exec in container {container_id}: it is being created")
     try:
-        with open(cdir.file(st.CONFIG_FILE), "rb") as f:
-            spec = parse_spec(jsonio.loads(f.read()), state.bundle)
+        from ocirun import container
+        spec = container.read_spec(cdir, state.bundle)
     except OSError as e:
         raise OciError(f"container {container_id}: reading its config: "
                        f"{(e.strerror or str(e)).lower()}") from None

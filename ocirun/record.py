@@ -75,3 +75,94 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: self.__dict__[f] for f in self._fields}
+
+
+# ----------------------------------------------------------------- as JSON
+# A record is stored as a JSON object of its fields (those equal to their default left
+# out) and read back by its annotations: nested records, `X | None`, tuple[X, ...],
+# tuple[A, B], list[X], set[X], dict[str, X].  Readers are built once per class, on
+# first use.  The data is the runtime's own (its state directory): a reader checks
+# shapes only as far as a wrong one raises TypeError, KeyError or ValueError.
+_readers: dict[type, Any] = {}
+
+
+def dump(value: Any) -> Any:
+    """`value` as JSON-able data (records as objects of their non-default fields)."""
+    if isinstance(value, Record):
+        defaults = value._defaults
+        out = {}
+        for name in value._fields:
+            v = value.__dict__[name]
+            if name not in defaults or v != defaults[name]:
+                out[name] = dump(v)
+        return out
+    if isinstance(value, (tuple, list)):
+        return [dump(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(dump(v) for v in value)
+    if isinstance(value, dict):
+        return {k: dump(v) for k, v in value.items()}
+    return value
+
+
+def load(cls: type, data: Any) -> Any:
+    """The record of class `cls` that `dump` wrote as `data`."""
+    return _reader(cls)(data)
+
+
+def _reader(cls: type) -> Any:
+    reader = _readers.get(cls)
+    if reader is None:
+        import sys
+        names = vars(sys.modules[cls.__module__])
+        annotations: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            annotations.update(klass.__dict__.get("__annotations__", {}))
+        fields = [(f, _converter(annotations[f], names)) for f in cls._fields]  # type: ignore[attr-defined]
+
+        def reader(data: Any) -> Any:
+            if not isinstance(data, dict):
+                raise TypeError(f"{cls.__name__}: not an object")
+            return cls(**{f: conv(data[f]) for f, conv in fields if f in data})
+        _readers[cls] = reader
+    return reader
+
+
+def _top_level(text: str, sep: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _converter(annotation: str, names: dict[str, Any]) -> Any:
+    union = _top_level(annotation, "|")
+    if len(union) > 1:
+        (inner,) = [p for p in union if p != "None"]
+        conv = _converter(inner, names)
+        return lambda v: None if v is None else conv(v)
+    if annotation in ("int", "str", "bool", "float", "Any"):
+        return lambda v: v
+    if "[" not in annotation:
+        return lambda v, cls=names[annotation]: _reader(cls)(v)
+    head, inner = annotation.split("[", 1)
+    args = _top_level(inner[:-1], ",")
+    if head == "tuple" and args[-1] == "...":
+        item = _converter(args[0], names)
+        return lambda v: tuple(item(i) for i in v)
+    if head == "tuple":
+        items = [_converter(a, names) for a in args]
+        return lambda v: tuple(conv(i) for conv, i in zip(items, v, strict=True))
+    if head in ("list", "set"):
+        item = _converter(args[0], names)
+        kind = list if head == "list" else set
+        return lambda v: kind(item(i) for i in v)
+    if head == "dict":
+        item = _converter(args[1], names)
+        return lambda v: {str(k): item(i) for k, i in v.items()}
+    raise TypeError(f"no JSON reader for {annotation!r}")

@@ -19,7 +19,6 @@ from ocirun.errors import OciError
 
 DEFAULT_ROOT = "/run/ocirun"
 STATE_FILE = "state.json"
-CONFIG_FILE = "config.json"
 EXEC_FIFO = "exec.fifo"
 
 # What the init writes into the exec fifo once `start` opened it for reading:

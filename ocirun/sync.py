@@ -45,14 +45,6 @@ class Message(Record):
     KIND = ""
 
 
-class UserNsMade(Message):
-    KIND = "userns"
-
-
-class MountNsMade(Message):
-    KIND = "mntns"
-
-
 class InitPid(Message):
     KIND = "pid"
     pid: int
@@ -60,16 +52,16 @@ class InitPid(Message):
     why: str = ""  # why not
 
 
-class RunHooks(Message):
-    KIND = "hooks"
+def _bare(name: str, kind: str, doc: str) -> type[Message]:
+    """A message without fields."""
+    return type(name, (Message,), {"KIND": kind, "__doc__": doc, "__module__": __name__})
 
 
-class SeccompListener(Message):
-    KIND = "seccomp"
-
-
-class Ready(Message):
-    KIND = "ready"
+UserNsMade = _bare("UserNsMade", "userns", "My user namespace exists: write its id maps.")
+MountNsMade = _bare("MountNsMade", "mntns", "Open the bind sources in my mount namespace.")
+RunHooks = _bare("RunHooks", "hooks", "Run prestart and createRuntime.")
+SeccompListener = _bare("SeccompListener", "seccomp", "The notify listener is passed along.")
+Ready = _bare("Ready", "ready", "The init waits on the exec fifo.")
 
 
 class Failed(Message):

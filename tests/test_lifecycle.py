@@ -6,6 +6,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from conftest import Runtime, wait_for
 
 
@@ -207,14 +209,47 @@ def test_state_of_a_reused_pid_is_stopped(runtime: Runtime) -> None:
     assert runtime.state(cid)["status"] == "stopped"
 
 
-def test_delete_force_works_when_the_stored_config_is_unreadable(runtime: Runtime) -> None:
-    """start/delete read the hooks and the pid namespace back from the state dir's copy
-    of config.json; a corrupt copy must not keep a container from being deleted."""
+@pytest.mark.parametrize("stored", ["container.json", "config.json"])
+def test_delete_force_works_when_the_stored_config_is_unreadable(runtime: Runtime,
+                                                                  stored: str) -> None:
+    """start/delete read the hooks and the pid namespace back from the container
+    record (config.json in a state dir of an older ocirun); a corrupt one must not
+    keep a container from being deleted."""
     cid = runtime.create(runtime.bundle(["sleep", "1000"]))
     assert runtime("start", cid).returncode == 0
     pid = runtime.pid(cid)
-    (runtime.root / cid / "config.json").write_text("{corrupt")
+    if stored == "config.json":
+        (runtime.root / cid / "container.json").unlink()
+    (runtime.root / cid / stored).write_text("{corrupt")
     r = runtime("delete", "--force", cid)
     assert r.returncode == 0, r.stderr.decode()
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the init to be gone")
     assert not (runtime.root / cid).exists()
+
+
+def test_later_commands_read_the_container_record_not_the_bundle(runtime: Runtime) -> None:
+    """What create decided is stored once (container.json, a typed record): exec and
+    start work from it after the bundle's config.json is gone or changed."""
+    bundle = runtime.bundle(["sleep", "1000"], edit=lambda s: s.update(hostname="recorded"))
+    cid = runtime.create(bundle)
+    (bundle / "config.json").write_text("{not even json")
+    assert not (runtime.root / cid / "config.json").exists()
+    record = json.loads((runtime.root / cid / "container.json").read_text())
+    assert record["hostname"] == "recorded" and record["process"]["args"] == ["sleep", "1000"]
+    assert runtime("start", cid).returncode == 0
+    r = runtime("exec", cid, "hostname")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == "recorded"
+
+
+def test_an_older_state_dir_with_config_json_still_works(runtime: Runtime) -> None:
+    """A container made by an ocirun before the record: its state dir has a copy of
+    config.json, which start, exec and delete parse as before."""
+    bundle = runtime.bundle(["sleep", "1000"])
+    cid = runtime.create(bundle)
+    (runtime.root / cid / "container.json").unlink()
+    (runtime.root / cid / "config.json").write_text((bundle / "config.json").read_text())
+    assert runtime("start", cid).returncode == 0
+    r = runtime("exec", cid, "true")
+    assert r.returncode == 0, r.stderr
+    assert runtime("delete", "--force", cid).returncode == 0

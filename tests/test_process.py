@@ -84,15 +84,19 @@ def test_env_cwd_umask_and_path_lookup(runtime: Runtime) -> None:
 
 
 def test_sysctl_is_applied_in_the_container(runtime: Runtime) -> None:
+    with open("/proc/sys/kernel/msgmax") as f:
+        host = f.read().strip()
+    inside = "4095" if host == "4096" else "4096"  # a value the host does not have
+
     def edit(spec: dict) -> None:
-        spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1", "kernel.msgmax": "4096"}
+        spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1", "kernel.msgmax": inside}
     out = runtime("run", "--bundle", str(runtime.bundle(
         ["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/kernel/msgmax"], edit=edit)),
         runtime.new_id())
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [b"1", b"4096"]
+    assert out.stdout.split() == [b"1", inside.encode()]
     with open("/proc/sys/kernel/msgmax") as f:
-        assert f.read().strip() != "4096" or True  # the host keeps its own ipc namespace value
+        assert f.read().strip() == host  # the host keeps its own ipc namespace's value
 
 
 def test_non_stdio_fds_do_not_reach_the_container(runtime: Runtime) -> None:

@@ -168,15 +168,17 @@ def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): `path` resolved under `resolve`'s rules (RESOLVE_IN_ROOT: as if
     dir_fd were "/", symlinks included).  Raises OSError(ENOSYS) before Linux 5.6."""
+    lib = libc()  # binds `ctypes` (imported on first use)
     how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(libc().syscall(arch.number("openat2"), dir_fd, _b(path), how, ctypes.sizeof(how)),
-                  "openat2", path)
+    return _check(lib.syscall(arch.number("openat2"), dir_fd, _b(path), how,
+                              ctypes.sizeof(how)), "openat2", path)
 
 
 def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
     """mount_setattr(2) on the mount `fd` names and every mount beneath it."""
+    lib = libc()  # binds `ctypes` (imported on first use)
     attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
-    _check(libc().syscall(arch.number("mount_setattr"), fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
+    _check(lib.syscall(arch.number("mount_setattr"), fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
                            attr, ctypes.sizeof(attr)), "mount_setattr")
 
 
@@ -276,6 +278,18 @@ def set_capabilities(effective: set[int], permitted: set[int], inheritable: set[
     import _prctl
     _prctl.set_caps(list(effective), list(permitted), list(inheritable),
                     list(every - effective), list(every - permitted), list(every - inheritable))
+
+
+def setgroups(gids: list[int]) -> None:
+    os.setgroups(gids)
+
+
+def setresgid(gid: int) -> None:
+    os.setresgid(gid, gid, gid)
+
+
+def setresuid(uid: int) -> None:
+    os.setresuid(uid, uid, uid)
 
 
 def malloc_trim() -> None:
