@@ -285,22 +285,11 @@ def _cmd_delete(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 
 def _cmd_list(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    from ocirun.state import list_containers
-    states = list(list_containers(_root(g)))
-    if v["quiet"]:
-        for s in states:
-            print(s.id)
-    elif v["format"] == "json":
-        print(jsonio.dumps([s.to_oci() for s in states], compact=True))  # as runc
-    elif v["format"] == "table":
-        rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
-        rows += [(s.id, str(s.to_oci()["pid"]), s.status, s.bundle, s.created,
-                  s.owner or "root") for s in states]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    else:
-        raise UsageError(f"invalid --format {v['format']!r} (table or json)")
+    from ocirun.listing import list_
+    try:
+        list_(_root(g), v["format"], v["quiet"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -321,25 +310,15 @@ def _cmd_validate(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     return 0
 
 
-def _cgroup_of_running(g: dict[str, Any], container_id: str, allowed: tuple[str, ...],
-                       verb: str) -> Any:
-    from ocirun import state as st
-    from ocirun.cgroups import manager_from_state
-    s = st.load(st.open_container(_root(g), container_id))
-    if s.status not in allowed:
-        raise OciError(f"cannot {verb} container {container_id}: it is {s.status}")
-    if not s.cgroup:
-        raise OciError(f"container {container_id} has no cgroup")
-    return manager_from_state(s.cgroup)
-
-
 def _cmd_pause(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    _cgroup_of_running(g, args[0], ("running", "created"), "pause").freeze()
+    from ocirun.pause import pause
+    pause(_root(g), args[0])
     return 0
 
 
 def _cmd_resume(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    _cgroup_of_running(g, args[0], ("paused",), "resume").thaw()
+    from ocirun.pause import resume
+    resume(_root(g), args[0])
     return 0
 
 
@@ -388,42 +367,13 @@ def _cmd_features(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
 
 
 def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
-    """As runc: ps(1) with the options after the id (default -ef), filtered to the
-    container's processes by the PID column; a stopped container has none."""
-    from ocirun import state as st
-    container_id, ps_args = args[0], args[1:]
+    from ocirun.ps import ps
     if v["format"] not in ("table", "json"):
         raise UsageError(f"invalid --format {v['format']!r} (table or json)")
-    if st.load(st.open_container(_root(g), container_id)).status == "stopped":
-        pids: list[int] = []
-    else:
-        pids = _cgroup_of_running(g, container_id, ("created", "running", "paused"),
-                                  "list processes of").pids()
-    if v["format"] == "json":
-        if ps_args:
-            raise UsageError("ps: options for ps(1) go with --format table only")
-        print(jsonio.dumps(pids, compact=True))
-        return 0
-    import subprocess
     try:
-        r = subprocess.run(["ps", *(ps_args or ["-ef"])], stdin=subprocess.DEVNULL,
-                           capture_output=True)
-    except OSError as e:
-        raise OciError(f"ps: running ps(1): {(e.strerror or str(e)).lower()}") from None
-    if r.returncode != 0:
-        raise OciError(f"ps {' '.join(ps_args or ['-ef'])}: exit status {r.returncode}: "
-                       f"{r.stderr.decode(errors='replace').strip()}")
-    lines = r.stdout.decode(errors="replace").splitlines()
-    header = lines[0].split() if lines else []
-    if "PID" not in header:
-        raise OciError("ps: the output of ps(1) has no PID column")
-    column = header.index("PID")
-    wanted = set(pids)
-    print(lines[0])
-    for line in lines[1:]:
-        fields = line.split()
-        if len(fields) > column and fields[column].isdigit() and int(fields[column]) in wanted:
-            print(line)
+        ps(_root(g), args[0], v["format"], args[1:])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 

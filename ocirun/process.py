@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -55,6 +54,7 @@ def wait_exit(pid: int, timeout: float) -> bool:
             return True
         raise
     try:
+        import select  # an extension module: loaded only by the commands that wait
         return bool(select.select([pidfd], [], [], timeout)[0])
     finally:
         os.close(pidfd)
@@ -78,6 +78,7 @@ def death_of(pid: int, timeout: float = 2.0) -> str:
         pidfd = -1
     try:
         if pidfd >= 0:
+            import select
             select.select([pidfd], [], [], timeout)
         # WNOWAIT: the zombie stays until the undo reaps it, so its pid cannot be
         # reused before the undo's SIGKILL by pid.

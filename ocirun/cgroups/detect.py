@@ -65,6 +65,8 @@ class Layout(Record):
 
 def _unescape(field_: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    if "\\" not in field_:
+        return field_
     out, i = [], 0
     while i < len(field_):
         code = field_[i + 1:i + 4]
@@ -101,8 +103,11 @@ def detect(mountinfo: str = "/proc/self/mountinfo", known: set[str] | None = Non
         left, sep, right = line.partition(" - ")
         if not sep:
             continue
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3:
+        tail = right.split()
+        if len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        fields = left.split()
+        if len(fields) < 5:
             continue
         fstype, root, mnt = tail[0], _unescape(fields[3]), _unescape(fields[4])
         if fstype == "cgroup2":
