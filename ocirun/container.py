@@ -60,26 +60,28 @@ def stored(cdir: st.ContainerDir) -> tuple[Hooks | None, bool] | None:
         data, is_record = read_raw(cdir)
         if not is_record:
             return _from_legacy(data)
-        linux = data.get("linux", {})
-        namespaces = linux.get("namespaces", ()) if isinstance(linux, dict) else ()
-        private_pidns = any(isinstance(ns, dict) and ns.get("type") == "pid" and
-                            not ns.get("path") for ns in namespaces)
         if not data.get("hooks"):
-            return None, private_pidns
+            return None, _private_pidns(data)
         from ocirun.spec import Hooks
-        return load(Hooks, data["hooks"]), private_pidns
+        return load(Hooks, data["hooks"]), _private_pidns(data)
     except (OSError, ValueError, TypeError, AttributeError, KeyError, OciError):
         return None
 
 
 def _from_legacy(data: Any) -> tuple[Hooks | None, bool]:
     if isinstance(data, dict) and not data.get("hooks"):
-        linux = data.get("linux")
-        namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
-        return None, any(isinstance(ns, dict) and ns.get("type") == "pid" and
-                         not ns.get("path") for ns in namespaces or ())
+        return None, _private_pidns(data)
     from ocirun.spec import parse_stored
     return parse_stored(data)
+
+
+def _private_pidns(data: Any) -> bool:
+    """A new pid namespace among linux.namespaces (the same keys in a record and in a
+    config.json)."""
+    linux = data.get("linux") if isinstance(data, dict) else None
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    return any(isinstance(ns, dict) and ns.get("type") == "pid" and not ns.get("path")
+               for ns in namespaces or ())
 
 
 def cgroups_path(cdir: st.ContainerDir) -> str | None:

@@ -21,7 +21,8 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool,
     master itself and attaches the caller's terminal to it."""
     if not detach:
         from ocirun import sys as ksys
-        # The init is our grandchild: as a subreaper we can wait for it.
+        # The init is our child (or, after a stage1, our grandchild): as a subreaper
+        # we can wait for it either way.
         ksys.set_child_subreaper()
     from ocirun.spec import read_spec
     ours = theirs = None

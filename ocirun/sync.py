@@ -105,9 +105,9 @@ def decode(data: bytes) -> Message:
         raw = jsonio.loads(data)
     except ValueError:
         raise ProtocolError("malformed message from a runtime child") from None
-    cls = MESSAGES.get(raw.get("t")) if isinstance(raw, dict) else None
+    kind = raw.get("t") if isinstance(raw, dict) else None
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        kind = raw.get("t") if isinstance(raw, dict) else None
         raise ProtocolError(f"unknown message {kind!r} from a runtime child")
     fields = {k: v for k, v in raw.items() if k != "t"}
     annotations: dict[str, str] = {}

@@ -253,3 +253,14 @@ def test_an_older_state_dir_with_config_json_still_works(runtime: Runtime) -> No
     r = runtime("exec", cid, "true")
     assert r.returncode == 0, r.stderr
     assert runtime("delete", "--force", cid).returncode == 0
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"oci_version": "1.0.2", "root": 7}'])
+def test_exec_with_a_damaged_record_is_a_one_line_error(runtime: Runtime, damage: str) -> None:
+    cid = runtime.create(runtime.bundle(["sleep", "1000"]))
+    assert runtime("start", cid).returncode == 0
+    (runtime.root / cid / "container.json").write_text(damage)
+    r = runtime("exec", cid, "true")
+    err = r.stderr.decode().strip()
+    assert r.returncode != 0 and len(err.splitlines()) == 1, err
+    assert "stored config is corrupt" in err and "Traceback" not in err, err

@@ -265,8 +265,8 @@ def set_dumpable(dumpable: bool) -> None:
 
 
 def set_child_subreaper() -> None:
-    """prctl(PR_SET_CHILD_SUBREAPER) through python-prctl's C module, so that the
-    runtime's parent process needs no ctypes."""
+    """prctl(PR_SET_CHILD_SUBREAPER) through python-prctl's C module (no ctypes
+    needed for it)."""
     import _prctl
     _prctl.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
