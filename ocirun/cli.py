@@ -110,6 +110,29 @@ COMMANDS: dict[str, Command] = {
                   (Flag("format", STR, ("--format", "-f"), "table"),), 1, 1 << 16,
                   summary="list the processes of a container (ps(1), default -ef)",
                   stop_at_arg=True),
+    "bundle": Command("bundle create|ls|rm [flags] ...", (), 1, 1 << 16,
+                      summary="make a bundle from an image archive; list/remove stored layers",
+                      stop_at_arg=True),
+}
+
+_STORE_FLAG = Flag("store", STR, ("--store",), "/var/lib/ocirun/store")
+BUNDLE_COMMANDS: dict[str, Command] = {
+    "create": Command(
+        "bundle create --from ARCHIVE|DIR|- [--ref NAME] [--unpack|--overlay] "
+        "[--uid-shift N --gid-shift N] [--max-layer-size BYTES] [--store DIR] <bundle-dir>", (
+            Flag("source", STR, ("--from",)),
+            Flag("ref", STR, ("--ref",)),
+            Flag("unpack", BOOL, ("--unpack",), False),
+            Flag("overlay", BOOL, ("--overlay",), False),
+            Flag("uid_shift", INT, ("--uid-shift",), 0),
+            Flag("gid_shift", INT, ("--gid-shift",), 0),
+            Flag("max_layer_size", INT, ("--max-layer-size",), 16 << 30),
+            _STORE_FLAG), summary="write a bundle (config.json and rootfs) from an image"),
+    "ls": Command("bundle ls [--format table|json] [--store DIR]",
+                  (Flag("format", STR, ("--format", "-f"), "table"), _STORE_FLAG), 0, 0,
+                  summary="list the store's layers, their size and the bundles using them"),
+    "rm": Command("bundle rm [--store DIR] <bundle-dir>...", (_STORE_FLAG,), 1, 1 << 16,
+                  summary="remove overlay bundles and the layers no other bundle uses"),
 }
 
 _GLOBAL_FLAGS = (
@@ -377,12 +400,46 @@ def _cmd_ps(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     return 0
 
 
+def _cmd_bundle(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
+    name, rest = args[0], args[1:]
+    command = BUNDLE_COMMANDS.get(name)
+    if command is None:
+        raise UsageError(f"unknown bundle command {name!r} (create, ls or rm)")
+    try:
+        parsed, tail = parse_flags(rest, command.flags, stop_at_arg=False)
+    except _Help:
+        print(f"usage: ocirun {command.usage}")
+        return 0
+    o, args = parsed.values, parsed.args + tail
+    if not command.min_args <= len(args) <= command.max_args:
+        raise UsageError(f"usage: ocirun {command.usage}")
+    from ocirun.image import bundle
+    if name == "ls":
+        if o["format"] not in ("table", "json"):
+            raise UsageError(f"invalid --format {o['format']!r} (table or json)")
+        bundle.list_store(o["store"], o["format"])
+    elif name == "rm":
+        bundle.remove(o["store"], args, _root(g))
+    else:
+        if not o["source"]:
+            raise UsageError("bundle create needs --from ARCHIVE|DIR|-")
+        if o["unpack"] and o["overlay"]:
+            raise UsageError("--unpack and --overlay exclude each other")
+        for flag in ("uid_shift", "gid_shift", "max_layer_size"):
+            if o[flag] < 0:
+                raise UsageError(f"--{flag.replace('_', '-')} must not be negative")
+        bundle.create(bundle.BundleOptions(
+            o["source"], args[0], o["ref"], not o["unpack"], o["store"], o["uid_shift"],
+            o["gid_shift"], o["max_layer_size"]))
+    return 0
+
+
 HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any], list[str]], int]] = {
     "create": _cmd_create, "run": _cmd_run, "start": _cmd_start, "state": _cmd_state,
     "kill": _cmd_kill, "delete": _cmd_delete, "list": _cmd_list, "spec": _cmd_spec,
     "validate": _cmd_validate, "pause": _cmd_pause, "resume": _cmd_resume, "ps": _cmd_ps,
     "exec": _cmd_exec, "update": _cmd_update, "events": _cmd_events,
-    "features": _cmd_features,
+    "features": _cmd_features, "bundle": _cmd_bundle,
 }
 
 

@@ -351,7 +351,7 @@ def _build_rootfs(cfg: InitConfig, in_userns: bool) -> tuple[Any, ...]:
     from ocirun import devices, rootfs
     spec = cfg.spec
     assert spec.root is not None and spec.process is not None
-    rootfs.prepare_root(spec)
+    rootfs.prepare_root(spec, cfg.bundle)
     root_fd = rootfs.open_root(spec.root.path)  # after the bind onto itself
     try:
         writable_for_now = rootfs.mount_all(spec, cfg.bundle, root_fd, _bind_source_fds)

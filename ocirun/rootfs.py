@@ -369,15 +369,60 @@ def _mount_cgroup(target: Target, flags: int) -> None:
         ksys.mount(None, dest, None, ksys.MS_REMOUNT | flags, "mode=755")
 
 
-def prepare_root(spec: Spec) -> None:
-    """Propagation of / and the rootfs bound onto itself (pivot_root wants a mount)."""
+def prepare_root(spec: Spec, bundle: str = "") -> None:
+    """Propagation of / and the rootfs bound onto itself (pivot_root wants a mount),
+    or, for a bundle from `ocirun bundle create --overlay`, the image's overlay."""
     assert spec.root is not None
     requested = spec.linux.rootfs_propagation or "rslave"
     # An unbindable / could not be bound onto itself: finish() applies it after pivot.
     propagation = mountopts.PROPAGATION["rslave" if "unbindable" in requested else requested]
     ksys.mount(None, "/", None, propagation)
     _make_parent_mount_private(spec.root.path)
-    ksys.mount(spec.root.path, spec.root.path, None, ksys.MS_BIND | ksys.MS_REC)
+    lower = spec.annotations.get(OVERLAY_LOWER)
+    if lower is not None:
+        mount_overlay_root(spec.root.path, lower, bundle)
+    else:
+        ksys.mount(spec.root.path, spec.root.path, None, ksys.MS_BIND | ksys.MS_REC)
+
+
+# The image layers of an `--overlay` bundle: overlayfs lower dirs, top first, separated
+# by ":"; the bundle's upper/ and work/ take the container's writes.
+OVERLAY_LOWER = "run.ocirun.overlay.lowerdir"
+
+
+def mount_overlay_root(root: str, lower: str, bundle: str) -> None:
+    """The image's overlay on root.path, in the container's mount namespace.  Made by
+    fsconfig, one call per layer (lowerdir+, Linux 6.8): no option string to split on
+    commas, and no limit on the layers but the kernel's; older kernels get mount(2)
+    with an option string, which no path given may then break with a comma."""
+    dirs = lower.split(":")
+    if not all(d.startswith("/") and "\\" not in d for d in dirs):
+        raise OciError(f"annotation {OVERLAY_LOWER}: not a list of absolute directories")
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise OciError(f"annotation {OVERLAY_LOWER}: layer {d}: no such directory "
+                           "(was it removed with `ocirun bundle rm`?)")
+    upper, work = os.path.join(bundle, "upper"), os.path.join(bundle, "work")
+    try:
+        fd = ksys.fsmount_detached("overlay", [*(("lowerdir+", d) for d in dirs),
+                                               ("upperdir", upper), ("workdir", work)], 0)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        if any("," in p for p in (*dirs, upper, work)):
+            raise OciError("overlay root: a layer or bundle path holds a comma, which "
+                           "this kernel's mount options cannot carry") from None
+        ksys.mount("overlay", root, "overlay", 0,
+                   f"lowerdir={lower},upperdir={upper},workdir={work}")
+        return
+    try:
+        target = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            ksys.move_mount_to(fd, target)
+        finally:
+            os.close(target)
+    finally:
+        os.close(fd)
 
 
 def _make_parent_mount_private(path: str) -> None:

@@ -7,7 +7,7 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "setup-engines: needs root" >&2; exit 0; }
 need=""
-for pkg in podman conmon containerd docker.io umoci iptables busybox-static \
+for pkg in podman conmon containerd docker.io umoci zstd iptables busybox-static \
            golang-github-containers-common uidmap bsdutils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done

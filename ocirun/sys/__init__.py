@@ -90,6 +90,8 @@ MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
 _AT_EMPTY_PATH = 0x1000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_T_EMPTY_PATH = 0x40
 _AT_RECURSIVE = 0x8000
 
 # openat2(2) resolve flags
@@ -182,15 +184,18 @@ def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
                            attr, ctypes.sizeof(attr)), "mount_setattr")
 
 
-def fsmount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
+def fsmount_detached(fstype: str, options: dict[str, str] | list[tuple[str, str]],
+                     attrs: int) -> int:
     """A new filesystem instance as a detached mount (fsopen/fsconfig/fsmount): an
-    O_PATH-like fd of its root, attached nowhere, so no namespace can remount it."""
+    O_PATH-like fd of its root, attached nowhere, so no namespace can remount it.
+    `options` as pairs may repeat a key (overlayfs's lowerdir+); each value is at
+    most 255 bytes (fsconfig's limit)."""
     lib = libc()
     fsconfig = arch.number("fsconfig")
     ctx = _check(lib.syscall(arch.number("fsopen"), _b(fstype), FSOPEN_CLOEXEC), "fsopen",
                  fstype)
     try:
-        for key, value in options.items():
+        for key, value in (options.items() if isinstance(options, dict) else options):
             _check(lib.syscall(fsconfig, ctx, FSCONFIG_SET_STRING, _b(key), _b(value), 0),
                    "fsconfig", f"{key}={value}")
         _check(lib.syscall(fsconfig, ctx, FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig",
@@ -199,6 +204,13 @@ def fsmount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
                       "fsmount", fstype)
     finally:
         os.close(ctx)
+
+
+def move_mount_to(fd: int, target_dir_fd: int) -> None:
+    """Attach the detached mount `fd` on the directory `target_dir_fd` refers to."""
+    _check(libc().syscall(arch.number("move_mount"), fd, b"", target_dir_fd, b"",
+                          _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH),
+           "move_mount")
 
 
 def loopback_up() -> None:
