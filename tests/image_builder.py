@@ -27,12 +27,17 @@ _TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SY
 
 
 def layer_tar(entries: list[dict[str, Any]], tree: Path | None = None) -> bytes:
-    """A layer: the files of `tree` (if given), then `entries` in order."""
+    """A layer: the files of `tree` (if given) that no entry names, then `entries` in
+    order.  The tree is a shared rootfs that other tests' mount points land in (/data),
+    and podman refuses a layer that names one path twice."""
+    named = {e["name"] for e in entries}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         if tree is not None:
             for path in sorted(tree.rglob("*")):
-                tar.add(path, arcname=str(path.relative_to(tree)), recursive=False)
+                arcname = str(path.relative_to(tree))
+                if not any(arcname == n or arcname.startswith(n + "/") for n in named):
+                    tar.add(path, arcname=arcname, recursive=False)
         for e in entries:
             info = tarfile.TarInfo(e["name"])
             info.type = _TYPES[e["kind"]]

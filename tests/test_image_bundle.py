@@ -158,17 +158,20 @@ def podman_image(busybox_rootfs: Path, tmp_path: Path) -> Any:
     layout = oci_layout(tmp_path / "handmade", layers,
                         image_config(layers, ["/bin/cat", "/data/sub/y"]), name)
     archive = tar_dir(layout, tmp_path / "handmade.tar")
-    subprocess.run(["podman", "load", "-q", "-i", str(archive)], check=True,
-                   capture_output=True)
+    _podman("load", "-q", "-i", str(archive))
     try:
         out = {}
         for fmt in ("oci-archive", "docker-archive"):
             out[fmt] = tmp_path / f"{fmt}.tar"
-            subprocess.run(["podman", "save", "-q", "--format", fmt, "-o", str(out[fmt]),
-                            name], check=True, capture_output=True)
+            _podman("save", "-q", "--format", fmt, "-o", str(out[fmt]), name)
         yield out, name
     finally:
         subprocess.run(["podman", "rmi", "-f", name], capture_output=True)
+
+
+def _podman(*args: str) -> None:
+    r = subprocess.run(["podman", *args], capture_output=True)
+    assert r.returncode == 0, f"podman {' '.join(args)}: {r.stderr.decode()}"
 
 
 def test_podman_archives_run_both_ways(runtime: Any, podman_image: Any, tmp_path: Path) -> None:
