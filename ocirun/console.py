@@ -20,6 +20,7 @@ import fcntl
 import os
 import signal
 import socket
+import stat
 import struct
 from typing import Any
 
@@ -30,6 +31,7 @@ TIOCGWINSZ = 0x5413
 TIOCSWINSZ = 0x5414
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
 
 MASTER_NAME = "/dev/ptmx"
 
@@ -198,14 +200,14 @@ def setup_console(sock_fd: int, console_size: Any, mount_console: bool) -> None:
     except OSError as e:
         raise OciError(f"process.terminal: opening {MASTER_NAME} in the container: "
                        f"{os.strerror(e.errno).lower()} (is /dev/pts a devpts mount?)") from None
+    slave = -1
     try:
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
-        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
-        slave_path = f"/dev/pts/{number}"
+        slave = _open_peer(master)
         if console_size is not None and console_size.height and console_size.width:
             set_winsize(master, console_size.height, console_size.width)
         if mount_console:
-            _mount_console(slave_path)
+            _mount_console(slave)
         sock = socket.socket(fileno=sock_fd)
         try:
             socket.send_fds(sock, [MASTER_NAME.encode()], [master])
@@ -214,9 +216,12 @@ def setup_console(sock_fd: int, console_size: Any, mount_console: bool) -> None:
                            f"{os.strerror(e.errno).lower()}") from None
         finally:
             sock.close()
+    except BaseException:
+        if slave >= 0:
+            os.close(slave)
+        raise
     finally:
         os.close(master)
-    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
     if slave > 2:
@@ -224,13 +229,45 @@ def setup_console(sock_fd: int, console_size: Any, mount_console: bool) -> None:
     fcntl.ioctl(0, TIOCSCTTY, 0)
 
 
-def _mount_console(slave_path: str) -> None:
+def _open_peer(master: int) -> int:
+    """The pty's slave, opened from the master itself (TIOCGPTPEER, Linux 4.13+), not
+    by its /dev/pts name, which anyone sharing the container's /dev could swap for a
+    symlink (runc's CVE-2025-52565); checked to be a pty slave either way."""
+    try:
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.EINVAL and e.errno != errno.ENOTTY:
+            raise OciError(f"opening the pty's slave: {os.strerror(e.errno).lower()}") from None
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW |
+                        os.O_CLOEXEC)
+    st = os.fstat(slave)
+    if not stat.S_ISCHR(st.st_mode) or not 136 <= os.major(st.st_rdev) <= 143:
+        os.close(slave)
+        raise OciError("process.terminal: the pty's slave is not a pty")
+    return slave
+
+
+def _mount_console(slave: int) -> None:
+    """Bind the slave onto /dev/console by fd, onto a /dev/console opened without
+    following a symlink: both ends are the files checked, not names looked up again."""
     from ocirun import sys as ksys
     console = "/dev/console"
     try:
-        if not os.path.lexists(console):
-            os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-        ksys.mount(slave_path, console, None, ksys.MS_BIND)
+        try:
+            target = os.open(console, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            os.close(os.open(console, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, 0o600))
+            target = os.open(console, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(target).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                raise OciError(f"process.terminal: {console} in the container is not a file "
+                               "or a device (a symlink?): refusing to bind the pty onto it")
+            ksys.bind_fd(slave, target)
+        finally:
+            os.close(target)
     except OSError as e:
         raise OciError(f"binding the pty onto {console}: "
                        f"{os.strerror(e.errno).lower()}") from None

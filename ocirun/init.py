@@ -438,9 +438,13 @@ def _join_session_keyring(name: str) -> None:
 
 
 def _write(path: str, value: str, what: str) -> None:
+    """Write a /proc file, opened through a checked procfs (ksys.open_procfs)."""
     try:
-        with open(path, "w") as f:
-            f.write(value)
+        fd = ksys.open_procfs(path.removeprefix("/proc/"), os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
     except OSError as e:
         raise OciError(f"{what}: writing {path}: {os.strerror(e.errno).lower()}") from None
 

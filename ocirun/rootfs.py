@@ -508,18 +508,50 @@ def pivot(root: str, no_pivot: bool) -> None:
 
 
 def mask_paths(paths: tuple[str, ...]) -> None:
-    for path in paths:
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                ksys.mount("tmpfs", path, "tmpfs", ksys.MS_RDONLY)
-            else:
-                ksys.mount("/dev/null", path, None, ksys.MS_BIND)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                continue
-            raise OciError(f"masking {path}: {os.strerror(e.errno).lower()}") from None
+    """A read-only tmpfs on each masked directory, the null device on anything else.
+    The null device is the one opened and checked here, bound by fd: a /dev/null that
+    has been made a symlink (to /proc/sys/kernel/core_pattern, say) would otherwise
+    put a writable copy of its target where a mask belongs (runc's CVE-2025-31133)."""
+    null_fd = -1
+    try:
+        for path in paths:
+            try:
+                target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    continue
+                raise OciError(f"masking {path}: {os.strerror(e.errno).lower()}") from None
+            try:
+                if stat.S_ISDIR(os.fstat(target).st_mode):
+                    # by name: a tmpfs misplaced through a swapped name only hides more
+                    ksys.mount("tmpfs", path, "tmpfs", ksys.MS_RDONLY)
+                else:
+                    if null_fd < 0:
+                        null_fd = open_null_device()
+                    ksys.bind_fd(null_fd, target)
+            except OSError as e:
+                raise OciError(f"masking {path}: {os.strerror(e.errno).lower()}") from None
+            finally:
+                os.close(target)
+    finally:
+        if null_fd >= 0:
+            os.close(null_fd)
+
+
+def open_null_device() -> int:
+    """An O_PATH fd of the container's /dev/null, refused unless it is the null device
+    itself (character device 1:3), not a symlink or another file put in its place."""
+    try:
+        fd = os.open("/dev/null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise OciError(f"linux.maskedPaths: opening /dev/null in the container: "
+                       f"{os.strerror(e.errno).lower()}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+        os.close(fd)
+        raise OciError("linux.maskedPaths: /dev/null in the container is not the null "
+                       "device (1:3): refusing to mask paths with it")
+    return fd
 
 
 def readonly_paths(paths: tuple[str, ...]) -> None:

@@ -291,3 +291,95 @@ def test_mount_destination_through_an_absolute_symlink_lands_inside(
     assert _tmpfs_mounts_of(runtime.pid(cid), "escape-tmpfs") == [f"{host_dir}/sub"]
     assert list(host_dir.iterdir()) == []
     assert (bundle / "rootfs" / str(host_dir).lstrip("/") / "sub").is_dir()
+
+
+# ------------------------------------------- names swapped before masking (runc's 2025 CVEs)
+def _swap_in_create_container_hook(spec: dict, name: str, target: str) -> None:
+    """A createContainer hook (in the container's mount namespace, before pivot_root)
+    makes ROOT/name a symlink to `target`, as a process sharing the container's /dev
+    could race to do."""
+    link = f"{spec['root']['path']}/{name}"
+    spec["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": [
+        "sh", "-c", f"rm -f {link}; ln -s {target} {link}"]}]}
+
+
+def test_masking_with_a_dev_null_swapped_for_a_symlink_is_refused(runtime: Runtime) -> None:
+    """Bound by name, the symlink would put a writable core_pattern where /proc/keys'
+    mask belongs (CVE-2025-31133); the null device is opened and checked instead."""
+    bundle = runtime.bundle(["true"], edit=lambda s: _swap_in_create_container_hook(
+        s, "dev/null", "/proc/sys/kernel/core_pattern"))
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(bundle), cid)
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err, err
+    assert "/dev/null in the container is not the null device" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    _no_leftovers(runtime, cid)
+
+
+def test_masked_files_are_the_null_device(runtime: Runtime) -> None:
+    """What the mask of a file is, seen from inside: the 1:3 device, empty, unwritable."""
+    assert os.path.getsize("/proc/timer_list") == 0 and open("/proc/timer_list").read()
+    bundle = runtime.bundle(["sh", "-c", "stat -c '%t:%T' /proc/timer_list; "
+                             "wc -c < /proc/timer_list; "
+                             "grep -c ' /proc/timer_list ' /proc/self/mountinfo"])
+    cid = runtime.new_id()
+    runtime.created.append(cid)
+    r = runtime("run", "--bundle", str(bundle), cid)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["1:3", "0", "1"], r.stdout.decode()
+
+
+def test_console_swapped_for_a_symlink_is_refused(runtime: Runtime) -> None:
+    """Bound by name, the pty would land on whatever /dev/console points at (runc's
+    CVE-2025-52565 class); ocirun binds the pty's own fd onto a /dev/console opened
+    without following links, and refuses a symlink."""
+    sock_path = runtime.work / "console.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    try:
+        def edit(spec: dict) -> None:
+            spec["process"]["terminal"] = True
+            _swap_in_create_container_hook(spec, "dev/console", "/proc/sys/kernel/core_pattern")
+        bundle = runtime.bundle(["true"], edit=edit)
+        cid = runtime.new_id()
+        r = runtime("create", "--bundle", str(bundle), "--console-socket", str(sock_path), cid)
+    finally:
+        listener.close()
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err, err
+    assert "/dev/console in the container is not a file or a device" in err, err
+    _no_leftovers(runtime, cid)
+
+
+def test_sysctl_write_is_not_sent_elsewhere_by_a_mount_over_its_file(
+        runtime: Runtime) -> None:
+    """A bind mount put over /proc/sys/kernel/domainname (here of the container's own
+    hostname file; in CVE-2025-52881, of a host-wide file) would take the sysctl's write:
+    the file is opened without crossing a mount, so create fails instead."""
+    def edit(spec: dict) -> None:
+        proc = f"{spec['root']['path']}/proc/sys/kernel"
+        spec["linux"]["sysctl"] = {"kernel.domainname": "redirected"}
+        spec["hooks"] = {"createContainer": [{"path": "/bin/mount", "args": [
+            "mount", "--bind", f"{proc}/hostname", f"{proc}/domainname"]}]}
+    bundle = runtime.bundle(["true"], edit=edit)
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(bundle), cid)
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err, err
+    assert "sysctl kernel.domainname" in err and "cross-device" in err, err
+    _no_leftovers(runtime, cid)
+
+
+def test_sysctl_and_oom_score_adj_still_land(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        spec["linux"]["sysctl"] = {"kernel.domainname": "ocirun.test"}
+        spec["process"]["oomScoreAdj"] = 123
+    bundle = runtime.bundle(["sh", "-c", "cat /proc/sys/kernel/domainname "
+                             "/proc/self/oom_score_adj"], edit=edit)
+    cid = runtime.new_id()
+    runtime.created.append(cid)
+    r = runtime("run", "--bundle", str(bundle), cid)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["ocirun.test", "123"]

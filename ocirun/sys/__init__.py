@@ -92,6 +92,9 @@ MOUNT_ATTR_NOSYMFOLLOW = 0x200000
 _AT_EMPTY_PATH = 0x1000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOVE_MOUNT_T_EMPTY_PATH = 0x40
+_OPEN_TREE_CLONE = 0x1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
 
 # openat2(2) resolve flags
@@ -176,6 +179,47 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
                               ctypes.sizeof(how)), "openat2", path)
 
 
+PROC_SUPER_MAGIC = 0x9FA0
+
+
+def fs_magic(fd: int) -> int:
+    """The filesystem type (statfs f_type) of what `fd` refers to: os has no fstatfs."""
+    lib = libc()
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit ports
+    _check(lib.fstatfs(fd, buf), "fstatfs")
+    size = 4 if arch.MACHINE == "s390x" else ctypes.sizeof(ctypes.c_long)  # f_type first
+    return int.from_bytes(buf.raw[:size], sys.byteorder)
+
+
+def open_procfs(relative: str, flags: int) -> int:
+    """Open /proc/`relative` where /proc is a procfs root and the path crosses no mount
+    and no symlink, so a write cannot be sent to another file by a mount or a link put
+    in its way (runc's CVE-2025-52881).  A leading `self/` is this process's pid as
+    that procfs numbers it (its own link, read, not followed)."""
+    root = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if fs_magic(root) != PROC_SUPER_MAGIC or os.fstat(root).st_ino != 1:
+            raise OSError(errno_EXDEV, "/proc is not the root of a procfs mount", "/proc")
+        if relative.startswith("self/"):
+            relative = os.readlink("self", dir_fd=root) + relative[4:]
+        try:
+            fd = openat2(root, relative, flags, RESOLVE_BENEATH | RESOLVE_NO_XDEV |
+                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        except OSError as e:
+            if e.errno != 38:  # ENOSYS: before Linux 5.6
+                raise
+            fd = os.open(relative, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+            if os.fstat(fd).st_dev != os.fstat(root).st_dev:
+                os.close(fd)
+                raise OSError(errno_EXDEV, "not on the /proc mount", relative) from None
+        return fd
+    finally:
+        os.close(root)
+
+
+errno_EXDEV = 18
+
+
 def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
     """mount_setattr(2) on the mount `fd` names and every mount beneath it."""
     lib = libc()  # binds `ctypes` (imported on first use)
@@ -211,6 +255,26 @@ def move_mount_to(fd: int, target_dir_fd: int) -> None:
     _check(libc().syscall(arch.number("move_mount"), fd, b"", target_dir_fd, b"",
                           _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH),
            "move_mount")
+
+
+def bind_fd(source_fd: int, target_fd: int) -> None:
+    """Bind-mount what `source_fd` is onto what `target_fd` is, with no path looked up
+    on either side: a name in the container's tree can be swapped for a symlink by
+    anyone sharing that tree, an open file cannot (runc's CVE-2025-31133 and
+    CVE-2025-52565 are such swaps).  open_tree(OPEN_TREE_CLONE) + move_mount; before
+    Linux 5.2, mount(2) through the /proc/self/fd magic links, which also name the
+    open files themselves."""
+    lib = libc()
+    tree = lib.syscall(arch.number("open_tree"), source_fd, b"",
+                       _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_EMPTY_PATH)
+    if tree < 0 and ctypes.get_errno() == 38:  # ENOSYS
+        mount(f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target_fd}", None, MS_BIND)
+        return
+    _check(tree, "open_tree")
+    try:
+        move_mount_to(tree, target_fd)
+    finally:
+        os.close(tree)
 
 
 def loopback_up() -> None:
