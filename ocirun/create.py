@@ -154,7 +154,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         state = st.State(id=container_id, bundle=bundle, rootfs=spec.root.path,
                          created=st.rfc3339_now(), owner=_owner_name(),
                          annotations=spec.annotations, oci_version=spec.oci_version,
-                         cgroup=cgroup.to_state() if cgroup is not None else {},
+                         cgroup=cgroup.to_state() if cgroup is not None else None,
                          systemd_cgroup=opts.systemd_cgroup, status="creating",
                          creating=True)
         cdir.write_progress(state)  # the cgroup to remove
@@ -469,7 +469,7 @@ def drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             phase = "while building the rootfs"
         elif isinstance(msg, RunHooks):
             phase = "while the prestart/createRuntime hooks ran"
-            answer(Go(state=_runtime_hooks(spec, state).decode()))
+            answer(Go(state=_runtime_hooks(spec, state)))
             phase = "during createContainer hooks, pivot_root or the process setup"
         elif isinstance(msg, SeccompListener):
             forward_seccomp_listener(spec, state, fds)
@@ -490,15 +490,15 @@ def _record_init(pid: int, state: st.State, stage1_pid: int, undo: Undo,
     undo.drop(proc.kill_and_reap, stage1_pid)  # reaped: its pid is free for reuse
 
 
-def _runtime_hooks(spec: Spec, state: st.State) -> bytes:
+def _runtime_hooks(spec: Spec, state: st.State) -> dict[str, Any]:
     """prestart and createRuntime, in the runtime's namespaces; returns the state the
     container's hooks are given."""
-    hook_state = state.hook_state()
     if spec.hooks.prestart or spec.hooks.create_runtime:
         from ocirun.hooks import run_hooks
+        hook_state = state.hook_state()
         run_hooks(spec.hooks.prestart, hook_state, "prestart", state.bundle)
         run_hooks(spec.hooks.create_runtime, hook_state, "createRuntime", state.bundle)
-    return hook_state
+    return state.hook_data()
 
 
 def forward_seccomp_listener(spec: Spec, state: st.State, fds: list[int]) -> None:

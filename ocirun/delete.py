@@ -44,8 +44,9 @@ def _delete_unrecorded(cdir: st.ContainerDir, why: str) -> None:
     except OciError:
         cgroup = None
     if cgroup is not None:
-        leaves = set(cgroup.to_state().get("paths", {}).values())
-        claimed = any(leaves & set(other.cgroup.get("paths", {}).values())
+        from ocirun.cgroups import placement
+        leaves = placement.leaves(cgroup.to_state())
+        claimed = any(leaves & placement.leaves(other.cgroup)
                       for other in st.list_containers(cdir.root) if other.id != cdir.id)
         if not claimed and any(os.path.isdir(d) for d in leaves):
             cgroup.kill_all(signal.SIGKILL)

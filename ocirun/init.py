@@ -275,10 +275,10 @@ def _join_namespaces(spec: Spec) -> None:
 # ---------------------------------------------------------------------------- init
 def init(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
-        state_json = _setup(ch, cfg)
+        hook_state = _setup(ch, cfg)
     except BaseException as e:  # noqa: BLE001
         report_failure(ch, e)
-    _wait_and_exec(cfg, state_json)
+    _wait_and_exec(cfg, hook_state)
 
 
 def _preload(cfg: InitConfig) -> None:
@@ -302,8 +302,8 @@ def _preload(cfg: InitConfig) -> None:
         from ocirun import lsm  # noqa: F401 - used by _set_exec_labels
 
 
-def _setup(ch: Channel, cfg: InitConfig) -> bytes:
-    """Everything up to "ready"; returns the state JSON the parent gave for hooks."""
+def _setup(ch: Channel, cfg: InitConfig) -> dict[str, Any]:
+    """Everything up to "ready"; returns the state the parent gave for hooks."""
     _preload(cfg)  # already done by stage1: these are lookups in sys.modules
     spec = cfg.spec
     process = spec.process
@@ -326,10 +326,10 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
         ksys.setdomainname(spec.domainname)
     ch.send(RunHooks())  # prestart + createRuntime run in the runtime's namespaces
     msg, _ = ch.expect(Go)
-    state_json = (msg.state or "").encode()
+    hook_state = msg.state or {}
     if spec.hooks.create_container:
         from ocirun.hooks import run_hooks
-        run_hooks(spec.hooks.create_container, container_hook_state(state_json, "creating"),
+        run_hooks(spec.hooks.create_container, container_hook_state(hook_state, "creating"),
                   "createContainer", spec.root.path)
     _enter_root(cfg, new_rootfs, writable_for_now)
     if process.oom_score_adj is not None:
@@ -342,7 +342,7 @@ def _setup(ch: Channel, cfg: InitConfig) -> bytes:
     executable(process.args[0], process.env)  # fail at create, as runc does
     ch.send(Ready())
     ch.close()
-    return state_json
+    return hook_state
 
 
 def _build_rootfs(cfg: InitConfig, in_userns: bool) -> tuple[Any, ...]:
@@ -404,13 +404,10 @@ _proc_fd = -1  # set by _enter_root_by_chroot
 _bind_source_fds: dict[int, int] = {}  # set by stage1: see _receive_bind_sources
 
 
-def container_hook_state(state_json: bytes, status: str) -> bytes:
+def container_hook_state(state: dict[str, Any], status: str) -> bytes:
     """The state for a hook run in the container's namespaces: the status of that
     moment, and the pid as the container sees it (runtime-spec, State)."""
-    data = jsonio.loads(state_json)
-    data["status"] = status
-    data["pid"] = os.getpid()
-    return jsonio.dumps(data).encode()
+    return jsonio.dumps({**state, "status": status, "pid": os.getpid()}).encode()
 
 
 def reset_signals() -> None:
@@ -628,7 +625,7 @@ def _home(uid: int) -> str:
     return "/"
 
 
-def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
+def _wait_and_exec(cfg: InitConfig, hook_state: dict[str, Any]) -> NoReturn:
     process = cfg.spec.process
     assert process is not None
     fifo = -1
@@ -657,7 +654,7 @@ def _wait_and_exec(cfg: InitConfig, state_json: bytes) -> NoReturn:
         if cfg.spec.hooks.start_container:
             from ocirun.hooks import run_hooks
             run_hooks(cfg.spec.hooks.start_container,
-                      container_hook_state(state_json, "created"), "startContainer")
+                      container_hook_state(hook_state, "created"), "startContainer")
         _fifo_write(fifo, st.FIFO_EXECUTING)
         extra_env: tuple[str, ...] = ()
         if cfg.listen_fds:

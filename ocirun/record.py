@@ -18,11 +18,14 @@ _MISSING = object()
 
 class Record:
     _fields: tuple[str, ...] = ()
+    _types: dict[str, str] = {}  # field -> its annotation (a string: `from __future__`)
     _defaults: dict[str, Any] = {}
 
     def __init_subclass__(cls) -> None:
-        own = tuple(cls.__dict__.get("__annotations__", {}))
-        cls._fields = cls._fields + tuple(f for f in own if not f.startswith("_"))
+        annotations = cls.__dict__.get("__annotations__", {})
+        own = tuple(f for f in annotations if not f.startswith("_"))
+        cls._fields = cls._fields + own
+        cls._types = {**cls._types, **{f: annotations[f] for f in own}}
         defaults = dict(cls._defaults)
         for name in own:
             if name in cls.__dict__:
@@ -115,10 +118,7 @@ def _reader(cls: type) -> Any:
     if reader is None:
         import sys
         names = vars(sys.modules[cls.__module__])
-        annotations: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            annotations.update(klass.__dict__.get("__annotations__", {}))
-        fields = [(f, _converter(annotations[f], names)) for f in cls._fields]  # type: ignore[attr-defined]
+        fields = [(f, _converter(cls._types[f], names)) for f in cls._fields]  # type: ignore[attr-defined]
 
         def reader(data: Any) -> Any:
             if not isinstance(data, dict):

@@ -14,6 +14,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterator
 
+    from ocirun.cgroups.placement import Placement
+
 from ocirun import jsonio
 from ocirun.errors import OciError
 
@@ -76,7 +78,7 @@ class State:
 
     def __init__(self, id: str, bundle: str, rootfs: str, pid: int = 0, pid_start: int = 0,
                  created: str = "", owner: str = "", annotations: dict[str, str] | None = None,
-                 oci_version: str = "", cgroup: dict[str, Any] | None = None,
+                 oci_version: str = "", cgroup: Placement | None = None,
                  systemd_cgroup: bool = False, status: str = "creating",
                  creating: bool = False) -> None:
         self.id = id
@@ -88,7 +90,7 @@ class State:
         self.owner = owner
         self.annotations = annotations if annotations is not None else {}
         self.oci_version = oci_version
-        self.cgroup = cgroup if cgroup is not None else {}
+        self.cgroup = cgroup  # None: the container has no cgroup of ours
         self.systemd_cgroup = systemd_cgroup
         # True in the records create writes before each step (so that `delete --force`
         # finds what a create killed midway left: its cgroup, stage1 or the init).
@@ -96,7 +98,10 @@ class State:
         self.status = status  # derived by derive_status, never trusted from disk
 
     def to_record(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        from ocirun.cgroups.placement import to_json
+        record = {name: getattr(self, name) for name in self.FIELDS}
+        record["cgroup"] = to_json(self.cgroup)
+        return record
 
     def to_oci(self) -> dict[str, Any]:
         """The state JSON of the runtime spec, plus runc's rootfs/created/owner."""
@@ -107,11 +112,14 @@ class State:
             "annotations": self.annotations,
         }
 
-    def hook_state(self) -> bytes:
+    def hook_data(self) -> dict[str, Any]:
         """The state given to hooks on stdin (annotations always present)."""
         data = self.to_oci()
         data["pid"] = self.pid
-        return jsonio.dumps(data).encode()
+        return data
+
+    def hook_state(self) -> bytes:
+        return jsonio.dumps(self.hook_data()).encode()
 
 
 class ContainerDir:
@@ -209,6 +217,12 @@ class ContainerDir:
         if data.get("id", self.id) != self.id:
             raise OciError(f"container {self.id}: corrupt state file: it names "
                            f"{data['id']!r}")
+        if "cgroup" in data:
+            from ocirun.cgroups.placement import from_json
+            try:
+                data["cgroup"] = from_json(data["cgroup"])
+            except OciError as e:
+                raise OciError(f"container {self.id}: corrupt state file: {e}") from None
         return State(**data)
 
     def remove(self) -> None:
@@ -273,7 +287,7 @@ def list_containers(root: str) -> Iterator[State]:
             continue
 
 
-def cgroup_records(root: str, skip_id: str) -> list[dict[str, Any]]:
+def cgroup_records(root: str, skip_id: str) -> list[Placement]:
     """The "cgroup" records of every other container with a readable state file in
     `root` (for cgroups.manager_for's `others`)."""
     records = []
@@ -288,7 +302,7 @@ def cgroup_records(root: str, skip_id: str) -> list[dict[str, Any]]:
             record = ContainerDir(root, name).read()
         except (OciError, OSError, TypeError, ValueError):
             continue  # not a container, being created or deleted, or unreadable
-        if record is not None and isinstance(record.cgroup, dict):
+        if record is not None and record.cgroup is not None:
             records.append(record.cgroup)
     return records
 

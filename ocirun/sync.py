@@ -72,7 +72,7 @@ class Failed(Message):
 
 class Go(Message):
     KIND = "go"
-    state: str | None = None  # the state the container's hooks are given
+    state: dict[str, Any] | None = None  # the state the container's hooks are given
     mounts: tuple[int, ...] = ()  # indexes in spec.mounts of the fds passed along
 
 
@@ -91,6 +91,7 @@ _CHECKS: dict[str, Any] = {
     "bool": lambda v: type(v) is bool,
     "str": lambda v: type(v) is str,
     "str | None": lambda v: v is None or type(v) is str,
+    "dict[str, Any] | None": lambda v: v is None or type(v) is dict,
     "tuple[int, ...]": lambda v: isinstance(v, list) and all(type(i) is int for i in v),
 }
 
@@ -110,12 +111,9 @@ def decode(data: bytes) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message {kind!r} from a runtime child")
     fields = {k: v for k, v in raw.items() if k != "t"}
-    annotations: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        annotations.update(getattr(klass, "__annotations__", {}))
     for name, value in fields.items():
-        check = _CHECKS.get(annotations.get(name, ""))
-        if name not in cls._fields or check is None or not check(value):
+        check = _CHECKS.get(cls._types.get(name, ""))
+        if check is None or not check(value):
             raise ProtocolError(f"message {cls.KIND!r}: bad field {name!r}")
         if isinstance(value, list):
             fields[name] = tuple(value)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from ocirun.cgroups import detect, manager_for, manager_from_state
+from ocirun.cgroups.placement import from_json, to_json
 from ocirun.cgroups.detect import UNIFIED
 from ocirun.cgroups.resources import host_page_sizes, shares_to_weight
 from ocirun.errors import OciError
@@ -142,7 +143,7 @@ def test_pids_lists_processes_in_child_cgroups(cgroups: Cgroups) -> None:
 def test_state_round_trip_through_json(cgroups: Cgroups) -> None:
     m = cgroups.manager()
     p = cgroups.spawn(m)
-    again = manager_from_state(json.loads(json.dumps(m.to_state())))
+    again = manager_from_state(from_json(json.loads(json.dumps(to_json(m.to_state())))))
     assert again.pids() == [p.pid]
     assert again.to_state() == m.to_state()
 
@@ -153,7 +154,7 @@ def test_destroy_waits_for_killed_processes_and_removes_every_dir(cgroups: Cgrou
     for p in procs:
         os.kill(p.pid, signal.SIGKILL)  # not reaped yet: destroy must wait and retry
     m.destroy()
-    assert not any(os.path.exists(d) for d in m.to_state()["paths"].values())
+    assert not any(os.path.exists(d) for d in m.to_state().paths.values())
     assert m.created == []
 
 

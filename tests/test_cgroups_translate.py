@@ -280,7 +280,8 @@ def test_a_command_on_an_existing_cgroup_imports_only_its_driver(mode, driver, o
         "pids": "/nonexistent/pids/x", UNIFIED: "/nonexistent/unified/x"}
     mods = _imported_after(
         "from ocirun.cgroups import manager_from_state\n"
-        f"m = manager_from_state({{'mode': {mode!r}, 'path': 'x', 'paths': {paths!r}}})\n"
+        "from ocirun.cgroups.placement import FsPlacement\n"
+        f"m = manager_from_state(FsPlacement(mode={mode!r}, path='x', paths={paths!r}))\n"
         "m.is_frozen(); m.thaw()\n"
         "try:\n    m.destroy()\nexcept Exception:\n    pass")
     assert f"ocirun.cgroups.{driver}" in mods

@@ -135,7 +135,7 @@ class _Channel:
     def expect(self, *types: type) -> tuple[Any, list[int]]:
         from ocirun.sync import Go
         self.log.append("expect go")
-        return Go(state='{"pid": 1}'), []
+        return Go(state={"pid": 1}), []
 
     def close(self) -> None:
         self.log.append("close")
@@ -172,7 +172,7 @@ def test_the_init_sequence(kernel: FakeKernel, tmp_path: Path,
     spec = spec.replace(process=spec.process.replace(oom_score_adj=5))
     cfg = init.InitConfig(spec=spec, bundle=str(tmp_path), exec_fifo_fd=-1,
                           session_keyring="c")
-    assert init._setup(_Channel(log), cfg) == b'{"pid": 1}'
+    assert init._setup(_Channel(log), cfg) == {"pid": 1}
     kernel_steps = [c[0] for c in kernel.calls]
     assert kernel_steps == ["loopback_up"]
     assert log == ["setsid", "prepare_root", "open_root", "mount_all", "create_devices",

@@ -24,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable, Protocol
 
+    from ocirun.cgroups.placement import Placement
     from ocirun.spec import Resources
 else:
     Protocol = object  # CgroupManager documents the interface; type checkers check it
@@ -79,7 +80,7 @@ class CgroupManager(Protocol):
         remain: the last ocirun container out removes what ocirun made; a cgroup
         that existed before any ocirun container made it is never removed."""
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self) -> Placement:
         """What `manager_from_state` needs, stored in state.json."""
 
 
@@ -96,7 +97,7 @@ def _clean(path: str) -> str:
 
 
 def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = False,
-                others: Callable[[], Iterable[dict[str, Any]]] | None = None) -> CgroupManager:
+                others: Callable[[], Iterable[Placement]] | None = None) -> CgroupManager:
     """A manager for a new container; nothing is created until create().
 
     cgroupsPath: absolute -> that path in every hierarchy (relative to its root);
@@ -131,13 +132,14 @@ def manager_for(cgroups_path: str | None, container_id: str, systemd: bool = Fal
     return V1Manager(path, paths, hybrid=layout.mode == "hybrid", others=others)
 
 
-def manager_from_state(data: dict[str, Any]) -> CgroupManager:
+def manager_from_state(placement: Placement) -> CgroupManager:
     """Rebuild the manager `to_state()` described (no detection: paths are stored)."""
-    if data.get("driver") == "systemd":
+    from ocirun.cgroups.placement import SystemdPlacement
+    if isinstance(placement, SystemdPlacement):
         from ocirun.cgroups import systemd as sd
-        return sd.from_state(data)
-    from ocirun.cgroups.records import file_manager_from_state
-    return file_manager_from_state(data)
+        return sd.from_state(placement)
+    from ocirun.cgroups.records import file_manager
+    return file_manager(placement)
 
 
 __all__ = ["CgroupManager", "manager_for", "manager_from_state"]

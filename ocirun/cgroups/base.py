@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Iterable
 
     from ocirun.cgroups.devices import DeviceState
+    from ocirun.cgroups.placement import FsPlacement, Placement
     from ocirun.cgroups.resources import Write
     from ocirun.spec import Resources
 
@@ -50,7 +51,7 @@ class BaseManager:
     def __init__(self, cgroups_path: str, paths: dict[str, str],
                  created: list[str] | None = None, *, adopted: list[str] | None = None,
                  classified: bool = False,
-                 others: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
+                 others: Callable[[], Iterable[Placement]] | None = None) -> None:
         self.cgroups_path = cgroups_path  # as resolved from the spec, for humans
         self.paths = dict(paths)
         self.created: list[str] = list(created or [])
@@ -115,6 +116,7 @@ class BaseManager:
                 self.created += made
                 if self.others is not None and os.path.normpath(directory) not in made:
                     if owned_elsewhere is None:  # at most one scan per create
+                        from ocirun.cgroups.placement import owned_dirs
                         owned_elsewhere = {d for record in self.others()
                                            for d in owned_dirs(record)}
                     self._claim(directory, owned_elsewhere)
@@ -362,10 +364,11 @@ class BaseManager:
                 pass  # already gone
         return pids
 
-    def to_state(self) -> dict[str, Any]:
-        return {"driver": "cgroupfs", "mode": self.mode, "path": self.cgroups_path,
-                "paths": dict(self.paths), "created": list(self.created),
-                "adopted": list(self.adopted), "classified": self.classified}
+    def to_state(self) -> FsPlacement:
+        from ocirun.cgroups.placement import FsPlacement
+        return FsPlacement(mode=self.mode, path=self.cgroups_path, paths=dict(self.paths),
+                           created=tuple(self.created), adopted=tuple(self.adopted),
+                           classified=self.classified)
 
     # ------------------------------------------------------------------ writes
     def _write(self, writes: list[Write]) -> None:
@@ -408,17 +411,3 @@ class BaseManager:
         else:
             value = w.value
         fsutil.write(path, value, w.what)
-
-
-def owned_dirs(record: dict[str, Any]) -> list[str]:
-    """What one cgroup record owns; a systemd record holds its file manager's
-    record under "fs"."""
-    dirs: list[str] = []
-    for key in ("created", "adopted"):
-        value = record.get(key)
-        if isinstance(value, list):
-            dirs += [d for d in value if isinstance(d, str)]
-    inner = record.get("fs")
-    if isinstance(inner, dict):
-        dirs += owned_dirs(inner)
-    return dirs

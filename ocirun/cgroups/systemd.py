@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ocirun.cgroups.base import BaseManager
+    from ocirun.cgroups.placement import SystemdPlacement
     from ocirun.spec import Resources
 
 
@@ -95,14 +96,10 @@ def manager_for(cgroups_path: str | None, container_id: str) -> "SystemdManager"
     return SystemdManager(path, container_id)
 
 
-def from_state(data: dict[str, Any]) -> "SystemdManager":
-    from ocirun.cgroups.records import file_manager_from_state
-    try:
-        path = SystemdPath(str(data["slice"]), str(data["unit"]))
-        inner = file_manager_from_state(data["fs"]) if data.get("fs") else None
-    except (KeyError, TypeError) as e:
-        raise OciError(f"cgroups: state.json has no usable systemd unit record ({e})") from None
-    return SystemdManager(path, str(data.get("id", "")), inner)
+def from_state(placement: SystemdPlacement) -> "SystemdManager":
+    from ocirun.cgroups.records import file_manager
+    inner = file_manager(placement.fs) if placement.fs is not None else None
+    return SystemdManager(SystemdPath(placement.slice, placement.unit), placement.id, inner)
 
 
 # ------------------------------------------------------------------ D-Bus
@@ -464,7 +461,8 @@ class SystemdManager:
     def oom_kill_count(self) -> int:
         return self._fs().oom_kill_count()
 
-    def to_state(self) -> dict[str, Any]:
-        return {"driver": "systemd", "slice": self.path.slice, "unit": self.path.unit,
-                "id": self.container_id, "path": self.cgroups_path,
-                "fs": self.inner.to_state() if self.inner is not None else {}}
+    def to_state(self) -> SystemdPlacement:
+        from ocirun.cgroups.placement import SystemdPlacement
+        return SystemdPlacement(slice=self.path.slice, unit=self.path.unit,
+                                id=self.container_id, path=self.cgroups_path,
+                                fs=self.inner.to_state() if self.inner is not None else None)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Iterable
 
     from ocirun.cgroups.devices import DeviceState
+    from ocirun.cgroups.placement import Placement
     from ocirun.cgroups.resources import Write
 
 
@@ -27,7 +28,7 @@ class V1Manager(BaseManager):
     def __init__(self, cgroups_path: str, paths: dict[str, str],
                  created: list[str] | None = None, hybrid: bool | None = None, *,
                  adopted: list[str] | None = None, classified: bool = False,
-                 others: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
+                 others: Callable[[], Iterable[Placement]] | None = None) -> None:
         super().__init__(cgroups_path, paths, created, adopted=adopted, classified=classified,
                          others=others)
         self.mode = "hybrid" if (UNIFIED in paths if hybrid is None else hybrid) else "v1"

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ocirun.cgroups.devices import DeviceState
+    from ocirun.cgroups.placement import Placement
     from ocirun.cgroups.resources import Write
 
 
