@@ -46,8 +46,8 @@ def _delete_unrecorded(cdir: st.ContainerDir, why: str) -> None:
     if cgroup is not None:
         from ocirun.cgroups import placement
         leaves = placement.leaves(cgroup.to_state())
-        claimed = any(leaves & placement.leaves(other.cgroup)
-                      for other in st.list_containers(cdir.root) if other.id != cdir.id)
+        claimed = any(leaves & placement.leaves(other)
+                      for other in st.cgroup_records(cdir.root, cdir.id))
         if not claimed and any(os.path.isdir(d) for d in leaves):
             cgroup.kill_all(signal.SIGKILL)
             cgroup.thaw()
@@ -74,6 +74,12 @@ def delete_locked(cdir: st.ContainerDir, force: bool,
             raise
         _delete_unrecorded(cdir, e.message)
         return
+    if force:
+        try:
+            state.cgroup  # read on first use: a damaged cgroup record is a damaged record
+        except OciError as e:
+            _delete_unrecorded(cdir, f"container {container_id}: {e.message}")
+            return
     if force and not state.pid and not state.creating:
         # No record at all, and we hold the lock: its create was killed early.
         _delete_unrecorded(cdir, f"container {container_id}: no state record")

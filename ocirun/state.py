@@ -78,7 +78,7 @@ class State:
 
     def __init__(self, id: str, bundle: str, rootfs: str, pid: int = 0, pid_start: int = 0,
                  created: str = "", owner: str = "", annotations: dict[str, str] | None = None,
-                 oci_version: str = "", cgroup: Placement | None = None,
+                 oci_version: str = "", cgroup: Placement | dict[str, Any] | None = None,
                  systemd_cgroup: bool = False, status: str = "creating",
                  creating: bool = False) -> None:
         self.id = id
@@ -90,17 +90,35 @@ class State:
         self.owner = owner
         self.annotations = annotations if annotations is not None else {}
         self.oci_version = oci_version
-        self.cgroup = cgroup  # None: the container has no cgroup of ours
+        self._cgroup = cgroup  # as stored until first used: see the `cgroup` property
         self.systemd_cgroup = systemd_cgroup
         # True in the records create writes before each step (so that `delete --force`
         # finds what a create killed midway left: its cgroup, stage1 or the init).
         self.creating = creating
         self.status = status  # derived by derive_status, never trusted from disk
 
+    @property
+    def cgroup(self) -> Placement | None:
+        """Where the container's cgroup is (None: it has none of ours).  Read from the
+        stored JSON on first use: `state` and `kill` of a created container never look
+        at it, and need not import the cgroup code."""
+        if isinstance(self._cgroup, dict):
+            from ocirun.cgroups.placement import from_json
+            self._cgroup = from_json(self._cgroup)
+        return self._cgroup
+
+    @cgroup.setter
+    def cgroup(self, placement: Placement | None) -> None:
+        self._cgroup = placement
+
     def to_record(self) -> dict[str, Any]:
-        from ocirun.cgroups.placement import to_json
-        record = {name: getattr(self, name) for name in self.FIELDS}
-        record["cgroup"] = to_json(self.cgroup)
+        record = {name: getattr(self, name) if name != "cgroup" else None
+                  for name in self.FIELDS}
+        if isinstance(self._cgroup, dict):
+            record["cgroup"] = self._cgroup
+        else:
+            from ocirun.cgroups.placement import to_json
+            record["cgroup"] = to_json(self._cgroup)
         return record
 
     def to_oci(self) -> dict[str, Any]:
@@ -217,12 +235,6 @@ class ContainerDir:
         if data.get("id", self.id) != self.id:
             raise OciError(f"container {self.id}: corrupt state file: it names "
                            f"{data['id']!r}")
-        if "cgroup" in data:
-            from ocirun.cgroups.placement import from_json
-            try:
-                data["cgroup"] = from_json(data["cgroup"])
-            except OciError as e:
-                raise OciError(f"container {self.id}: corrupt state file: {e}") from None
         return State(**data)
 
     def remove(self) -> None:
@@ -300,10 +312,11 @@ def cgroup_records(root: str, skip_id: str) -> list[Placement]:
             continue
         try:
             record = ContainerDir(root, name).read()
+            placement = record.cgroup if record is not None else None
         except (OciError, OSError, TypeError, ValueError):
             continue  # not a container, being created or deleted, or unreadable
-        if record is not None and record.cgroup is not None:
-            records.append(record.cgroup)
+        if placement is not None:
+            records.append(placement)
     return records
 
 

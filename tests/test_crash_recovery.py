@@ -4,6 +4,7 @@ container, and concurrent commands on one id take turns."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -97,7 +98,8 @@ def test_create_killed_at_random_moments_is_cleaned_by_delete_force(
         _assert_all_gone(runtime, cid, pids)
 
 
-@pytest.mark.parametrize("damage", ["garbled", "truncated", "missing", "wrong-types"])
+@pytest.mark.parametrize("damage", ["garbled", "truncated", "missing", "wrong-types",
+                                    "cgroup-mode", "cgroup-paths"])
 def test_delete_force_with_a_damaged_state_file_removes_everything(
         runtime: Runtime, damage: str) -> None:
     cid = runtime.create(runtime.bundle())
@@ -109,8 +111,15 @@ def test_delete_force_with_a_damaged_state_file_removes_everything(
         state_file.write_text("")
     elif damage == "missing":
         state_file.unlink()
-    else:
+    elif damage == "wrong-types":
         state_file.write_text('{"pid": "1", "cgroup": 7}')
+    else:  # a well-formed file whose cgroup placement is not one
+        record = json.loads(state_file.read_text())
+        if damage == "cgroup-mode":
+            record["cgroup"]["mode"] = "v3"
+        else:
+            record["cgroup"]["paths"] = {"pids": 7}
+        state_file.write_text(json.dumps(record))
     r = runtime("delete", "--force", cid)
     assert r.returncode == 0, r.stderr
     assert len(r.stderr.strip().splitlines()) <= 1  # at most the warning

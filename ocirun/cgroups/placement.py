@@ -10,7 +10,7 @@ its fields, the shape state.json has always had; records written before "driver"
 from __future__ import annotations
 
 from ocirun.errors import OciError
-from ocirun.record import Record, dump, load
+from ocirun.record import Record, dump
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,21 +45,38 @@ def to_json(placement: Placement | None) -> dict[str, Any]:
 
 
 def from_json(data: Any) -> Placement | None:
-    """The placement `to_json` wrote ({} : none); OciError if it is not one."""
+    """The placement `to_json` wrote ({} : none); OciError if it is not one.  Read by
+    hand, not by record.load: every command that looks at a container reads one."""
     if data == {}:
         return None
     try:
-        fields = {k: v for k, v in data.items() if k != "driver"}
-        if fields.get("fs") == {}:
-            del fields["fs"]  # a unit whose cgroup was never resolved
-        cls = SystemdPlacement if data.get("driver") == "systemd" else FsPlacement
-        placement = load(cls, fields)
+        if data.get("driver") == "systemd":
+            fs = data.get("fs")
+            path = data.get("path")
+            return SystemdPlacement(slice=_str(data["slice"]), unit=_str(data["unit"]),
+                                    id=_str(data.get("id", "")),
+                                    path=None if path is None else _str(path),
+                                    fs=_fs(fs) if fs else None)
+        return _fs(data)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise OciError(f"cgroups: state.json has no usable cgroup record ({e})") from None
-    if isinstance(placement, FsPlacement) and placement.mode not in ("unified", "v1",
-                                                                     "hybrid"):
-        raise OciError(f"cgroups: state.json: unknown cgroup mode {placement.mode!r}")
-    return placement
+
+
+def _fs(data: dict[str, Any]) -> FsPlacement:
+    mode = data["mode"]
+    if mode not in ("unified", "v1", "hybrid"):
+        raise ValueError(f"unknown cgroup mode {mode!r}")
+    return FsPlacement(mode=mode, path=_str(data["path"]),
+                       paths={_str(k): _str(v) for k, v in data.get("paths", {}).items()},
+                       created=tuple(_str(d) for d in data.get("created", ())),
+                       adopted=tuple(_str(d) for d in data.get("adopted", ())),
+                       classified=data.get("classified", False) is True)
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{value!r} is not a string")
+    return value
 
 
 def owned_dirs(placement: Placement | None) -> list[str]:
