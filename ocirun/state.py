@@ -112,14 +112,12 @@ class State:
         self._cgroup = placement
 
     def to_record(self) -> dict[str, Any]:
-        record = {name: getattr(self, name) if name != "cgroup" else None
-                  for name in self.FIELDS}
-        if isinstance(self._cgroup, dict):
-            record["cgroup"] = self._cgroup
-        else:
+        cgroup = self._cgroup  # a dict if never looked at since read: stored as it was
+        if not isinstance(cgroup, dict):
             from ocirun.cgroups.placement import to_json
-            record["cgroup"] = to_json(self._cgroup)
-        return record
+            cgroup = to_json(cgroup)
+        return {name: cgroup if name == "cgroup" else getattr(self, name)
+                for name in self.FIELDS}
 
     def to_oci(self) -> dict[str, Any]:
         """The state JSON of the runtime spec, plus runc's rootfs/created/owner."""

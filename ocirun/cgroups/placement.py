@@ -81,14 +81,16 @@ def _str(value: Any) -> str:
 
 def owned_dirs(placement: Placement | None) -> list[str]:
     """The directories the container removes should it be the last one out."""
-    if isinstance(placement, SystemdPlacement):
-        placement = placement.fs
-    return [*placement.created, *placement.adopted] if placement is not None else []
+    fs = _files_of(placement)
+    return [*fs.created, *fs.adopted] if fs is not None else []
 
 
 def leaves(placement: Placement | None) -> set[str]:
     """The container's own directory in every hierarchy."""
-    if isinstance(placement, SystemdPlacement):
-        placement = placement.fs
-    return set(placement.paths.values()) if placement is not None else set()
+    fs = _files_of(placement)
+    return set(fs.paths.values()) if fs is not None else set()
 
+
+def _files_of(placement: Placement | None) -> FsPlacement | None:
+    """The cgroupfs part: a systemd unit's is the cgroup systemd made for it."""
+    return placement.fs if isinstance(placement, SystemdPlacement) else placement

@@ -9,11 +9,10 @@ if TYPE_CHECKING:
 
 
 def file_manager(placement: FsPlacement) -> BaseManager:
+    args = (placement.path, placement.paths, list(placement.created))
+    owned = {"adopted": list(placement.adopted), "classified": placement.classified}
     if placement.mode == "unified":
         from ocirun.cgroups.v2 import V2Manager
-        return V2Manager(placement.path, placement.paths, list(placement.created),
-                         adopted=list(placement.adopted), classified=placement.classified)
+        return V2Manager(*args, **owned)
     from ocirun.cgroups.v1 import V1Manager
-    return V1Manager(placement.path, placement.paths, list(placement.created),
-                     hybrid=placement.mode == "hybrid", adopted=list(placement.adopted),
-                     classified=placement.classified)
+    return V1Manager(*args, hybrid=placement.mode == "hybrid", **owned)

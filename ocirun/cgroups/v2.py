@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ocirun.cgroups.devices import DeviceState
-    from ocirun.cgroups.placement import Placement
     from ocirun.cgroups.resources import Write
 
 

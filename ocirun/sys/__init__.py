@@ -8,6 +8,7 @@ can turn it into a user message.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -94,7 +95,6 @@ _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOVE_MOUNT_T_EMPTY_PATH = 0x40
 _OPEN_TREE_CLONE = 0x1
 _OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-_AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
 
 # openat2(2) resolve flags
@@ -199,25 +199,23 @@ def open_procfs(relative: str, flags: int) -> int:
     root = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if fs_magic(root) != PROC_SUPER_MAGIC or os.fstat(root).st_ino != 1:
-            raise OSError(errno_EXDEV, "/proc is not the root of a procfs mount", "/proc")
+            raise OSError(errno.EXDEV, "/proc is not the root of a procfs mount", "/proc")
         if relative.startswith("self/"):
             relative = os.readlink("self", dir_fd=root) + relative[4:]
         try:
             fd = openat2(root, relative, flags, RESOLVE_BENEATH | RESOLVE_NO_XDEV |
                          RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
         except OSError as e:
-            if e.errno != 38:  # ENOSYS: before Linux 5.6
+            if e.errno != errno.ENOSYS:  # before Linux 5.6
                 raise
             fd = os.open(relative, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
             if os.fstat(fd).st_dev != os.fstat(root).st_dev:
                 os.close(fd)
-                raise OSError(errno_EXDEV, "not on the /proc mount", relative) from None
+                raise OSError(errno.EXDEV, "not on the /proc mount", relative) from None
         return fd
     finally:
         os.close(root)
 
-
-errno_EXDEV = 18
 
 
 def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
@@ -267,7 +265,7 @@ def bind_fd(source_fd: int, target_fd: int) -> None:
     lib = libc()
     tree = lib.syscall(arch.number("open_tree"), source_fd, b"",
                        _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_EMPTY_PATH)
-    if tree < 0 and ctypes.get_errno() == 38:  # ENOSYS
+    if tree < 0 and ctypes.get_errno() == errno.ENOSYS:  # before Linux 5.2
         mount(f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target_fd}", None, MS_BIND)
         return
     _check(tree, "open_tree")

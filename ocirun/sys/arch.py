@@ -13,8 +13,9 @@ import errno
 import os
 
 # From 424 on the tables were unified: the same number on every architecture.
-_UNIFIED = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "clone3": 435,
-            "close_range": 436, "openat2": 437, "mount_setattr": 442}
+_UNIFIED = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+            "fsmount": 432, "clone3": 435, "close_range": 436, "openat2": 437,
+            "mount_setattr": 442}
 # asm-generic's table (aarch64, riscv64 and the other new ports).
 _GENERIC = {"pivot_root": 41, "keyctl": 219, "seccomp": 277, "bpf": 280, **_UNIFIED}
 
