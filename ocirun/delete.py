@@ -127,6 +127,7 @@ def _stop_all(state: st.State, private_pidns: bool = True) -> None:
             pass
     if cgroup is not None:
         cgroup.thaw()  # a frozen process cannot act on SIGKILL
+        cgroup.thaw_below()  # nor one the container froze itself (the init waits on it)
     for pid in pids:
         if pid == state.pid or st.process_start_time(pid) is not None:
             try:

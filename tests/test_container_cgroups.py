@@ -556,6 +556,73 @@ def test_delete_removes_every_cgroup_directory_in_every_hierarchy(runtime: Runti
         assert not os.path.exists(top), top
 
 
+def writable_cgroup_mount(spec: dict[str, Any]) -> None:
+    for m in spec["mounts"]:
+        if m["type"] == "cgroup":
+            m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+
+
+NEST_DEPTH = 1100  # past CPython's recursion limit (1000), short of PATH_MAX on the host
+
+
+def test_cgroups_the_container_nests_past_any_recursion_limit_are_removed(
+        runtime: Runtime) -> None:
+    """A container with a writable cgroup mount nests cgroups as deep as it likes and
+    moves itself to the bottom: ps and kill --all still find it, delete --force still
+    removes the whole tree (a recursive walk failed here and left it all behind)."""
+    unified = Cg("self").mode == "unified"
+    sub = "/sys/fs/cgroup" if unified else "/sys/fs/cgroup/pids"
+    script = (f"cd {sub} && i=0 && while [ $i -lt {NEST_DEPTH} ]; do mkdir a && cd a "
+              "|| exit 1; i=$((i+1)); done && echo $$ > cgroup.procs && exec sleep 1000")
+    bundle = runtime.bundle(["sh", "-c", script], edit=writable_cgroup_mount)
+    cid, pid = create(runtime, bundle)
+    cg = Cg(pid)
+    ok(runtime, "start", cid)
+    bottom = "/a" * NEST_DEPTH
+    key = "" if unified else "pids"
+    wait_for(lambda: Cg(pid).paths[key].endswith(bottom), 30 * SLOW, "the move to the bottom")
+    assert os.path.isdir(cg.dirs[key] + bottom)
+    ps = ok(runtime, "ps", "--format", "json", cid)
+    assert json.loads(ps.stdout) == [pid]
+    ok(runtime, "kill", "--all", cid, "KILL")
+    wait_for(lambda: not alive(pid), 10 * SLOW, "kill --all to reach the bottom")
+    ok(runtime, "delete", "--force", cid)
+    assert not any(os.path.exists(d) for d in cg.dirs.values())
+
+
+def test_a_cgroup_the_container_froze_itself_does_not_hold_up_delete(
+        runtime: Runtime) -> None:
+    """On v1 a frozen task cannot act on SIGKILL, and thawing the container's cgroup
+    leaves a child cgroup the container froze itself frozen: the init waited on it
+    forever and delete --force failed, leaving processes and cgroups.  delete thaws
+    what is below too.  (v2 delivers SIGKILL to frozen tasks; the test holds there.)"""
+    unified = Cg("self").mode == "unified"
+    if unified:
+        sub, knob, value = "/sys/fs/cgroup", "cgroup.freeze", "1"
+    else:
+        sub, knob, value = "/sys/fs/cgroup/freezer", "freezer.state", "FROZEN"
+    script = (f"cd {sub} && mkdir cold || exit 1; sleep 1000 & "
+              f"echo $! > cold/cgroup.procs && echo {value} > cold/{knob} && exec sleep 1000")
+    bundle = runtime.bundle(["sh", "-c", script], edit=writable_cgroup_mount)
+    cid, pid = create(runtime, bundle)
+    cg = Cg(pid)
+    cold = os.path.join(cg.dirs["" if unified else "freezer"], "cold")
+
+    def frozen() -> bool:
+        try:
+            if unified:
+                return "frozen 1" in Path(cold, "cgroup.events").read_text()
+            return Path(cold, "freezer.state").read_text().strip() == "FROZEN"
+        except FileNotFoundError:
+            return False
+    ok(runtime, "start", cid)
+    wait_for(frozen, 10 * SLOW, "the container to freeze its own child cgroup")
+    (child,) = map(int, Path(cold, "cgroup.procs").read_text().split())
+    ok(runtime, "delete", "--force", cid)
+    assert not alive(child) and not alive(pid)
+    assert not any(os.path.exists(d) for d in cg.dirs.values())
+
+
 def with_cgroups_path(path: str) -> Callable[[dict[str, Any]], None]:
     def edit(spec: dict[str, Any]) -> None:
         spec["linux"]["cgroupsPath"] = path

@@ -253,6 +253,36 @@ def test_uid_shift(runtime: Any, busybox_rootfs: Path, tmp_path: Path,
                                              "size": 65536}]
 
 
+DEEP = 1100  # directories: past CPython's recursion limit (1000), short of PATH_MAX
+
+
+@pytest.mark.parametrize("mode", ["--unpack", "--overlay"])
+def test_trees_nested_past_the_recursion_limit_are_removed(
+        runtime: Any, busybox_rootfs: Path, tmp_path: Path, mode: str) -> None:
+    """An image nests directories 1100 deep, its next layer whites one such tree out,
+    and the container nests another: the whiteout applies, and `bundle rm` of an
+    overlay bundle removes upper and layers (a recursive removal stopped at the
+    recursion limit)."""
+    deep = "/a" * DEEP
+    one = layer_tar([*(entry("d" + "/a" * i, "dir") for i in range(DEEP + 1)),
+                     *(entry("e" + "/a" * i, "dir") for i in range(DEEP + 1))],
+                    tree=busybox_rootfs)
+    layers = [one, layer_tar([entry(".wh.e")])]
+    layout = oci_layout(tmp_path / "layout", layers, image_config(layers, ["/bin/true"]), "t")
+    bundle = tmp_path / "deep"
+    store = tmp_path / "store"
+    _ok(_create(runtime, mode, "--from", str(layout), str(bundle)))
+    _run(runtime, bundle, ["/bin/sh", "-c", f"mkdir -p /w{deep} && test -d /d{deep} "
+                           "&& ! test -e /e"])
+    written = bundle / ("rootfs" if mode == "--unpack" else "upper")
+    assert os.path.isdir(str(written / "w") + deep)
+    if mode == "--unpack":
+        return  # not in the store: removed by whoever made it
+    _ok(runtime("bundle", "rm", "--store", str(store), str(bundle)))
+    assert not bundle.exists()
+    assert _layers_in_store(store) == [] and not list((store / "layers/sha256").iterdir())
+
+
 # ------------------------------------------------------------ hostile archives
 def _hostile(runtime: Any, tmp_path: Path, entries: list[dict[str, Any]], mode: str,
              *words: str) -> Path:

@@ -63,6 +63,10 @@ class CgroupManager(Protocol):
 
     def thaw(self) -> None: ...
 
+    def thaw_below(self) -> None:
+        """Thaw the cgroups the container froze below its own (v1: their tasks
+        cannot act on SIGKILL)."""
+
     def is_frozen(self) -> bool: ...
 
     def frozen_from_above(self) -> bool:

@@ -255,6 +255,13 @@ class BaseManager:
         finally:
             if can_freeze and not was_frozen:
                 self.thaw()
+            if signum == SIGKILL:
+                self.thaw_below()
+
+    def thaw_below(self) -> None:
+        """Thaw what the container froze below its own cgroup (v1 only: there a frozen
+        task cannot act on SIGKILL, and thawing ours leaves a child frozen by itself
+        frozen, so delete would wait on it forever)."""
 
     def _claim(self, leaf: str, owned_elsewhere: set[str]) -> None:
         """Adopt an existing leaf (and levels above it) another container owns.
@@ -297,6 +304,7 @@ class BaseManager:
             try:
                 if self.is_frozen():
                     self.thaw()  # frozen processes cannot exit
+                self.thaw_below()
             except OciError:
                 pass
         users = self._live_users(deadline)

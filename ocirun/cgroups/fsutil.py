@@ -10,6 +10,7 @@ import errno
 import os
 import time
 
+from ocirun import fstree
 from ocirun.errors import OciError
 
 
@@ -91,22 +92,41 @@ def write_pid(directory: str, pid: int) -> None:
 
 
 def procs(directory: str, recursive: bool = True) -> list[int]:
-    """Pids listed in cgroup.procs of `directory` (and below, when recursive)."""
+    """Pids listed in cgroup.procs of `directory` (and below, when recursive: the
+    container may have nested cgroups of its own, to any depth)."""
     pids: list[int] = []
     seen: set[int] = set()
-    walker = os.walk(directory) if recursive else [(directory, [], [])]
-    for dirpath, _dirs, _files in walker:
-        text = read_or_none(os.path.join(dirpath, "cgroup.procs"))
-        if text is None:
-            if dirpath == directory and not os.path.isdir(directory):
-                raise OciError(f"cgroups: {directory}: no such cgroup", errno=errno.ENOENT)
-            continue
-        for word in text.split():
-            pid = int(word)
-            if pid not in seen:
-                seen.add(pid)
-                pids.append(pid)
+    try:
+        if recursive:
+            for fd, name in fstree.walk(directory):
+                if name is None:
+                    _add_procs(fd, pids, seen)
+        else:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _add_procs(fd, pids, seen)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise OciError(f"cgroups: {directory}: no such cgroup", errno=errno.ENOENT) from None
+        raise OciError(f"cgroups: list the processes of {directory}: {_reason(e)}",
+                       errno=e.errno) from None
     return pids
+
+
+def _add_procs(dir_fd: int, pids: list[int], seen: set[int]) -> None:
+    try:
+        fd = os.open("cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return  # removed meanwhile
+    with open(fd, "rb") as f:
+        text = f.read()
+    for word in text.split():
+        pid = int(word)
+        if pid not in seen:
+            seen.add(pid)
+            pids.append(pid)
 
 
 _PF_EXITING = 0x4  # task->flags bit, field 9 of /proc/<pid>/stat
@@ -159,23 +179,31 @@ def rmdir_tree(path: str, deadline: float) -> None:
     A cgroup directory holds only kernel files, so rmdir works once no process and no
     child cgroup is left; processes that were just killed take a moment to leave.
     """
-    if not os.path.isdir(path):
+    try:
+        for fd, name in fstree.walk(path):
+            if name is not None:
+                _rmdir(name, fd, deadline, path)
+    except FileNotFoundError:
         return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            rmdir_tree(entry.path, deadline)
+    except OSError as e:
+        raise OciError(f"cgroups: remove {path}: {_reason(e)}", errno=e.errno) from None
+    _rmdir(path, None, deadline, path)
+
+
+def _rmdir(name: str, dir_fd: int | None, deadline: float, top: str) -> None:
     delay = 0.005
     while True:
         try:
-            os.rmdir(path)
+            os.rmdir(name, dir_fd=dir_fd)
             return
         except FileNotFoundError:
             return
         except OSError as e:
             if e.errno not in (errno.EBUSY, errno.EAGAIN) or time.monotonic() >= deadline:
-                left = procs(path) if e.errno == errno.EBUSY else []
+                where = top if dir_fd is None else f"{top} (its cgroup {name!r} below)"
+                left = procs(top) if e.errno == errno.EBUSY else []
                 extra = f" (pids still inside: {', '.join(map(str, left[:10]))})" if left else ""
-                raise OciError(f"cgroups: remove {path}: {_reason(e)}{extra}",
+                raise OciError(f"cgroups: remove {where}: {_reason(e)}{extra}",
                                errno=e.errno) from None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)

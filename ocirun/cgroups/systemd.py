@@ -449,6 +449,10 @@ class SystemdManager:
         if self.inner is not None:
             self.inner.thaw()
 
+    def thaw_below(self) -> None:
+        if self.inner is not None:
+            self.inner.thaw_below()
+
     def is_frozen(self) -> bool:
         return self.inner is not None and self.inner.is_frozen()
 

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 
-from ocirun import log
+from ocirun import fstree, log
 from ocirun.errors import OciError
 from ocirun.image import layer as layers_mod
 from ocirun.image.source import Archive, Image, ImageError, read_image
@@ -109,12 +109,12 @@ def _claim(dest: str) -> bool:
 
 def _undo(dest: str, made_dest: bool) -> None:
     if made_dest:
-        shutil.rmtree(dest, ignore_errors=True)
+        fstree.remove(dest, ignore_errors=True)
         return
     for name in os.listdir(dest):
         path = os.path.join(dest, name)
         if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+            fstree.remove(path, ignore_errors=True)
         else:
             os.unlink(path)
 
@@ -158,7 +158,7 @@ def _overlay_rootfs(archive: Archive, image: Image, store: Store, dest: str,
                         what=f"layer {i + 1}/{len(image.layers)} ({lr.diff_id[:19]})")
                 store.put(lr.diff_id, tmp, size)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                fstree.remove(tmp, ignore_errors=True)
                 raise
         dirs.append(store.layer_dir(lr.diff_id))
     for name in ("rootfs", "upper", "work"):
@@ -392,6 +392,9 @@ def remove(store_path: str, bundles: list[str], root: str) -> None:
                 raise OciError(f"{bundle}: not a bundle of the store {store.path}")
         for bundle in bundles:
             if os.path.isdir(bundle):
-                shutil.rmtree(bundle)
+                try:
+                    fstree.remove(bundle)
+                except OSError as e:
+                    raise OciError(f"{bundle}: {(e.strerror or str(e)).lower()}") from None
             for diff_id in store.drop_bundle(bundle):
                 log.debug(f"layer {diff_id} removed: no bundle uses it")

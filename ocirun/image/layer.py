@@ -26,7 +26,7 @@ import subprocess
 import tarfile
 import threading
 
-from ocirun import rootfs
+from ocirun import fstree, rootfs
 from ocirun.errors import OciError
 
 TYPE_CHECKING = False
@@ -214,7 +214,7 @@ class _Applier:
         except FileNotFoundError:
             old = None
         if old is not None and not (m.isdir() and stat.S_ISDIR(old.st_mode)):
-            _remove(parent, base)
+            fstree.remove(base, parent)
         if m.isreg():
             self.file(tar, m, parent, base)
         elif m.isdir():
@@ -308,10 +308,10 @@ class _Applier:
                 hidden = "/".join(parts[:-1] + [name])
                 if self.mode == "overlay":
                     if hidden not in self.written:
-                        _remove(parent, name)
+                        fstree.remove(name, parent)
                         os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
                 elif hidden not in self.written:
-                    _remove(parent, name)
+                    fstree.remove(name, parent)
         except OSError as e:
             raise LayerError(f"{self.what}: {m.name[:200]}: "
                              f"{(e.strerror or str(e)).lower()}") from None
@@ -331,7 +331,7 @@ class _Applier:
         for name in names:
             path = f"{prefix}/{name}" if prefix else name
             if path not in self.written:
-                _remove(dir_fd, name)
+                fstree.remove(name, dir_fd)
 
     def finish(self) -> None:
         """Directories' times last: every entry made inside one changed it."""
@@ -347,15 +347,6 @@ class _Applier:
                 os.close(parent)
 
 
-def _remove(dir_fd: int, name: str) -> None:
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # fd-based: never follows a symlink out
-    else:
-        os.unlink(name, dir_fd=dir_fd)
 
 
 def apply(blob: IO[bytes], target: str, *, digest: str | None, diff_id: str,

@@ -21,9 +21,9 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 
+from ocirun import fstree
 from ocirun.errors import OciError
 
 TYPE_CHECKING = False
@@ -63,7 +63,7 @@ class Store:
         """What an unpack killed midway left (only a lock holder unpacks)."""
         tmp = os.path.join(self.path, "tmp")
         for name in os.listdir(tmp):
-            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+            fstree.remove(os.path.join(tmp, name), ignore_errors=True)
 
     def tmp_dir(self) -> str:
         return tempfile.mkdtemp(dir=os.path.join(self.path, "tmp"))
@@ -82,7 +82,7 @@ class Store:
         final = self.layer_dir(diff_id)
         os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
         if os.path.exists(final):  # a leftover without its .json: incomplete
-            shutil.rmtree(final)
+            fstree.remove(final)
         os.rename(unpacked, final)
         _write_json(final + ".json", {"diff_id": diff_id, "size": size})
         return final
@@ -101,7 +101,7 @@ class Store:
             os.unlink(final + ".json")  # first: a half-removed layer is incomplete
         except FileNotFoundError:
             pass
-        shutil.rmtree(final, ignore_errors=True)
+        fstree.remove(final, ignore_errors=True)
 
     # ------------------------------------------------------------ bundles
     def _bundle_record(self, bundle: str) -> str:
