@@ -285,7 +285,6 @@ def _preload(cfg: InitConfig) -> None:
     """Import everything the init will use.  It runs in stage1 before any namespace
     is joined or made: in a user namespace the interpreter's library may be unreadable
     to the mapped root (e.g. under /root), and after pivot_root it is out of reach."""
-    import resource  # noqa: F401 - used by _set_rlimits
     import _prctl  # noqa: F401 - used by ksys.set_capabilities
     from ocirun import caps, devices, rootfs  # noqa: F401
     ksys.load()
@@ -475,12 +474,12 @@ def _setgroups_allowed(in_userns: bool) -> bool:
 def _set_rlimits(rlimits: tuple[Any, ...]) -> None:
     if not rlimits:
         return
-    import resource
     for rl in rlimits:
         try:
-            resource.setrlimit(getattr(resource, rl.type), (rl.soft, rl.hard))
-        except (ValueError, OSError) as e:
-            raise OciError(f"setting {rl.type} to {rl.soft}/{rl.hard}: {e}") from None
+            ksys.setrlimit(rl.type, rl.soft, rl.hard)
+        except OSError as e:
+            raise OciError(f"process.rlimits: setting {rl.type} to {rl.soft}/{rl.hard}: "
+                           f"{os.strerror(e.errno).lower()}") from None
 
 
 def _seccomp_early(process: Any, seccomp: Any) -> bool:

@@ -61,6 +61,7 @@ SECCOMP_FLAGS = ("SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
 
 _UINT32 = 2**32 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_UINT64_MAX = 2**64 - 1  # as an rlimit: RLIM_INFINITY ("unlimited", podman's --ulimit host)
 _SEMVER_TAG_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-")
 
 
@@ -456,8 +457,8 @@ def _capabilities(v: Any, p: str) -> Capabilities:
 def _rlimit(v: Any, p: str) -> Rlimit:
     f = _Fields(v, p)
     return Rlimit(type=f.req("type", lambda x, q: _enum(x, q, RLIMITS)),
-                  soft=f.req("soft", lambda x, q: _int(x, q, 0)),
-                  hard=f.req("hard", lambda x, q: _int(x, q, 0)))
+                  soft=f.req("soft", lambda x, q: _int(x, q, 0, _UINT64_MAX)),
+                  hard=f.req("hard", lambda x, q: _int(x, q, 0, _UINT64_MAX)))
 
 
 def _console_size(v: Any, p: str) -> ConsoleSize:

@@ -16,7 +16,7 @@ from ocirun import sys as ksys
 RECORDED = ("mount", "umount2", "pivot_root", "unshare", "setns", "prctl",
             "set_capabilities", "mount_setattr_recursive", "setgroups", "setresgid",
             "setresuid", "set_dumpable", "personality", "join_session_keyring",
-            "setdomainname", "loopback_up", "bind_fd")
+            "setdomainname", "loopback_up", "bind_fd", "setrlimit")
 
 
 def _real(arg: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ocirun import fstree
 from image_builder import (docker_archive, entry, image_config, layer_tar, oci_layout,
                            tar_dir, tree_of)
 
@@ -258,7 +259,8 @@ DEEP = 1100  # directories: past CPython's recursion limit (1000), short of PATH
 
 @pytest.mark.parametrize("mode", ["--unpack", "--overlay"])
 def test_trees_nested_past_the_recursion_limit_are_removed(
-        runtime: Any, busybox_rootfs: Path, tmp_path: Path, mode: str) -> None:
+        runtime: Any, busybox_rootfs: Path, tmp_path: Path, mode: str,
+        request: pytest.FixtureRequest) -> None:
     """An image nests directories 1100 deep, its next layer whites one such tree out,
     and the container nests another: the whiteout applies, and `bundle rm` of an
     overlay bundle removes upper and layers (a recursive removal stopped at the
@@ -271,6 +273,8 @@ def test_trees_nested_past_the_recursion_limit_are_removed(
     layout = oci_layout(tmp_path / "layout", layers, image_config(layers, ["/bin/true"]), "t")
     bundle = tmp_path / "deep"
     store = tmp_path / "store"
+    # pytest's own clean-up of tmp_path recurses (shutil.rmtree on CPython 3.11)
+    request.addfinalizer(lambda: fstree.remove(str(tmp_path), ignore_errors=True))
     _ok(_create(runtime, mode, "--from", str(layout), str(bundle)))
     _run(runtime, bundle, ["/bin/sh", "-c", f"mkdir -p /w{deep} && test -d /d{deep} "
                            "&& ! test -e /e"])

@@ -63,6 +63,52 @@ def test_rlimits(runtime: Runtime) -> None:
     assert limits["Max core file size"][:2] == ["0", "0"]
 
 
+def test_every_rlimit_lands_and_unlimited_is_unlimited(runtime: Runtime) -> None:
+    """Every name the spec allows reaches the kernel as that resource (by number, not
+    through Python's `resource` module), and 2^64-1 is RLIM_INFINITY."""
+    from ocirun.spec import RLIMITS
+    shown = {"RLIMIT_AS": "Max address space", "RLIMIT_CORE": "Max core file size",
+             "RLIMIT_CPU": "Max cpu time", "RLIMIT_DATA": "Max data size",
+             "RLIMIT_FSIZE": "Max file size", "RLIMIT_LOCKS": "Max file locks",
+             "RLIMIT_MEMLOCK": "Max locked memory", "RLIMIT_MSGQUEUE": "Max msgqueue size",
+             "RLIMIT_NICE": "Max nice priority", "RLIMIT_NOFILE": "Max open files",
+             "RLIMIT_NPROC": "Max processes", "RLIMIT_RSS": "Max resident set",
+             "RLIMIT_RTPRIO": "Max realtime priority", "RLIMIT_RTTIME": "Max realtime timeout",
+             "RLIMIT_SIGPENDING": "Max pending signals", "RLIMIT_STACK": "Max stack size"}
+    assert set(shown) == set(RLIMITS)
+    unlimited = 2**64 - 1
+
+    def limits_of(pid: int | str) -> dict[str, list[str]]:
+        with open(f"/proc/{pid}/limits") as f:
+            return {line[:26].strip(): line[26:].split()[:2] for line in f}
+    own = limits_of("self")
+    values = {}
+    for i, name in enumerate(sorted(RLIMITS)):  # never above our hard limits: the
+        hard = own[shown[name]][1]                # runtime may lack CAP_SYS_RESOURCE
+        hard_value = unlimited if hard == "unlimited" else int(hard)
+        values[name] = (min(i + 11, hard_value), hard_value)
+    assert unlimited in (h for _s, h in values.values())
+    def edit(spec: dict) -> None:
+        spec["process"]["rlimits"] = [{"type": n, "soft": s, "hard": h}
+                                      for n, (s, h) in values.items()]
+    cid = runtime.create(runtime.bundle(edit=edit))
+    limits = limits_of(runtime.pid(cid))
+    for name, (soft, hard) in values.items():
+        want = [str(soft), "unlimited" if hard == unlimited else str(hard)]
+        assert limits[shown[name]] == want, name
+
+
+def test_an_rlimit_softer_than_its_hard_limit_is_a_one_line_error(runtime: Runtime) -> None:
+    def edit(spec: dict) -> None:
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 200}]
+    cid = runtime.new_id()
+    r = runtime("create", "--bundle", str(runtime.bundle(edit=edit)), cid)
+    err = r.stderr.decode()
+    assert r.returncode != 0 and len(err.strip().splitlines()) == 1, err
+    assert "process.rlimits" in err and "RLIMIT_NOFILE" in err, err
+    assert not (runtime.root / cid).exists()
+
+
 def test_oom_score_adj(runtime: Runtime) -> None:
     def edit(spec: dict) -> None:
         spec["process"]["oomScoreAdj"] = 123

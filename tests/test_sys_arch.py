@@ -43,3 +43,16 @@ def test_no_syscall_number_outside_the_table() -> None:
                 for target in node.targets:
                     if isinstance(target, ast.Name) and target.id.startswith(("_SYS_", "_NR_")):
                         raise AssertionError(f"{path.name}: {target.id} (use arch.number)")
+
+
+def test_rlimit_numbers_are_the_kernels() -> None:
+    """ocirun.sys sets rlimits by number; Python's `resource` has this host's."""
+    import resource
+
+    from ocirun.spec import RLIMITS
+    from ocirun.sys import RLIMIT_NUMBERS
+    assert set(RLIMIT_NUMBERS) == set(RLIMITS)
+    known = [name for name in RLIMIT_NUMBERS if hasattr(resource, name)]
+    assert len(known) >= 14  # CPython leaves out RLIMIT_LOCKS (10) and RLIMIT_NICE on some
+    for name in known:
+        assert getattr(resource, name) == RLIMIT_NUMBERS[name], name

@@ -252,6 +252,8 @@ INVALID: list[tuple[str, Any, str]] = [
         {"type": "NOFILE", "soft": 1, "hard": 1}]), "process.rlimits[0].type"),
     ("rlimit-soft-negative", cfg(process__rlimits=[
         {"type": "RLIMIT_CORE", "soft": -1, "hard": 1}]), "process.rlimits[0].soft"),
+    ("rlimit-over-uint64", cfg(process__rlimits=[
+        {"type": "RLIMIT_CORE", "soft": 1, "hard": 2**64}]), "process.rlimits[0].hard"),
     ("noNewPrivileges-not-bool", cfg(process__noNewPrivileges="true"),
      "process.noNewPrivileges"),
     ("oomScoreAdj-not-int", cfg(process__oomScoreAdj="1"), "process.oomScoreAdj"),

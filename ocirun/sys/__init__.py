@@ -104,6 +104,13 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 _KEYCTL_JOIN_SESSION_KEYRING = 1
+# getrlimit(2) resource numbers: asm-generic's, which every architecture of arch.py uses
+RLIMIT_NUMBERS = {
+    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4, "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9, "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13, "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+}
 
 
 _loaded_libc: ctypes.CDLL | None = None
@@ -328,6 +335,15 @@ def clone3(flags: int = 0, cgroup_fd: int = -1) -> int:
     if pid < 0:
         raise OSError(err, f"clone3: {os.strerror(err)}")
     return pid
+
+
+def setrlimit(name: str, soft: int, hard: int) -> None:
+    """prlimit(2) of this process, by the config's name (RLIMIT_NOFILE...).  Through
+    libc, which the init has loaded anyway, rather than the `resource` module, whose
+    import the init would wait on."""
+    lib = libc()
+    limits = (ctypes.c_uint64 * 2)(soft, hard)
+    _check(lib.prlimit(0, RLIMIT_NUMBERS[name], limits, None), f"setrlimit {name}")
 
 
 def set_dumpable(dumpable: bool) -> None:

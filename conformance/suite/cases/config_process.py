@@ -204,6 +204,28 @@ def process_rlimits(t: Ctx) -> None:
                   rows.get(rl["type"]))
 
 
+@case("config/process", "rlimits-uint64-max", MUST, "config.md#posix-process",
+      "soft (uint64, REQUIRED) ... rlim.rlim_cur MUST match the configured value. hard "
+      "(uint64, REQUIRED) ... rlim.rlim_max MUST match the configured value.")
+def process_rlimits_uint64_max(t: Ctx) -> None:
+    # 2^64-1 is a uint64, and RLIM_INFINITY: what engines write for an unlimited
+    # limit.  Only for a limit this process has unlimited (raising a hard limit needs
+    # CAP_SYS_RESOURCE, which the runtime's caller may lack).
+    with open("/proc/self/limits") as f:
+        own = {line[:26].strip(): line[26:].split()[:2] for line in f}
+    name = next((rl for rl, shown in sorted(LIMIT_NAMES.items())
+                 if own.get(shown, ["", ""])[1] == "unlimited"), None)
+    if name is None:
+        raise Skip("no limit of " + ", ".join(LIMIT_NAMES) + " is unlimited here")
+
+    def mutate(cfg: dict) -> None:
+        cfg["process"]["rlimits"] = [{"type": name, "soft": 2**64 - 1, "hard": 2**64 - 1}]
+    out, _ = t.run_script("cat /proc/1/limits", mutate)
+    row = next((line[26:].split()[:2] for line in out.splitlines()
+                if line.startswith(LIMIT_NAMES[name])), None)
+    expect_eq(f"{name} soft/hard", ["unlimited", "unlimited"], row)
+
+
 @case("config/process", "rlimits-unknown-type", MUST, "config.md#posix-process",
       "The runtime MUST generate an error for any values which cannot be mapped to a "
       "relevant kernel interface.")
