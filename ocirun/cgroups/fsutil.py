@@ -10,7 +10,6 @@ import errno
 import os
 import time
 
-from ocirun import fstree
 from ocirun.errors import OciError
 
 
@@ -94,6 +93,7 @@ def write_pid(directory: str, pid: int) -> None:
 def procs(directory: str, recursive: bool = True) -> list[int]:
     """Pids listed in cgroup.procs of `directory` (and below, when recursive: the
     container may have nested cgroups of its own, to any depth)."""
+    from ocirun import fstree  # here: create, which never walks, does without it
     pids: list[int] = []
     seen: set[int] = set()
     try:
@@ -115,13 +115,26 @@ def procs(directory: str, recursive: bool = True) -> list[int]:
     return pids
 
 
+def read_at(dir_fd: int, name: str) -> bytes:
+    """The file `name` of the cgroup directory open as `dir_fd`.  Raises OSError."""
+    with open(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as f:
+        return f.read()
+
+
+def write_at(dir_fd: int, name: str, value: bytes) -> None:
+    """Write the file `name` of the cgroup directory open as `dir_fd`.  Raises OSError."""
+    fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.write(fd, value)
+    finally:
+        os.close(fd)
+
+
 def _add_procs(dir_fd: int, pids: list[int], seen: set[int]) -> None:
     try:
-        fd = os.open("cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        text = read_at(dir_fd, "cgroup.procs")
     except FileNotFoundError:
         return  # removed meanwhile
-    with open(fd, "rb") as f:
-        text = f.read()
     for word in text.split():
         pid = int(word)
         if pid not in seen:
@@ -179,6 +192,7 @@ def rmdir_tree(path: str, deadline: float) -> None:
     A cgroup directory holds only kernel files, so rmdir works once no process and no
     child cgroup is left; processes that were just killed take a moment to leave.
     """
+    from ocirun import fstree
     try:
         for fd, name in fstree.walk(path):
             if name is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 
-from ocirun import fstree
 from ocirun.cgroups import fsutil
 from ocirun.cgroups.base import FREEZE_TIMEOUT, BaseManager
 from ocirun.cgroups.common import UNIFIED, controllers_of, enable_controllers, top_created
@@ -135,12 +134,13 @@ class V1Manager(BaseManager):
         d = self.dir_for("freezer")
         if d is None:
             return
+        from ocirun import fstree
         try:
             below = fstree.walk(d)
             next(below)  # our own cgroup: thaw()'s
             for fd, name in below:
-                if name is None and _read_at(fd, "freezer.self_freezing") == b"1":
-                    _write_at(fd, "freezer.state", b"THAWED")
+                if name is None and fsutil.read_at(fd, "freezer.self_freezing").strip() == b"1":
+                    fsutil.write_at(fd, "freezer.state", b"THAWED")
         except OSError:
             pass  # gone meanwhile; rmdir_tree reports what is left
 
@@ -157,22 +157,6 @@ class V1Manager(BaseManager):
 
 
 _CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")
-
-
-def _read_at(dir_fd: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        return os.read(fd, 64).strip()
-    finally:
-        os.close(fd)
-
-
-def _write_at(dir_fd: int, name: str, value: bytes) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        os.write(fd, value)
-    finally:
-        os.close(fd)
 
 
 def _fill_cpuset(leaf: str) -> None:

@@ -347,8 +347,6 @@ class _Applier:
                 os.close(parent)
 
 
-
-
 def apply(blob: IO[bytes], target: str, *, digest: str | None, diff_id: str,
           mode: str = "unpack", shift: Shift | None = None, limit: int | None = None,
           what: str = "layer") -> int:
