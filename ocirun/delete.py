@@ -120,11 +120,9 @@ def _stop_all(state: st.State, private_pidns: bool = True) -> None:
         if not private_pidns:
             pids = sorted(set(pids) | set(cgroup.pids()))
             cgroup.kill_all(signal.SIGKILL)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    if alive:
+        # kill_all took the rest; the pid of one it killed may already be reused.
+        proc.signal_exact(state.pid, state.pid_start, signal.SIGKILL)
     if cgroup is not None:
         cgroup.thaw()  # a frozen process cannot act on SIGKILL
         cgroup.thaw_below()  # nor one the container froze itself (the init waits on it)

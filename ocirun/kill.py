@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from ocirun import process as proc
 from ocirun import state as st
 from ocirun.errors import OciError
 
@@ -23,8 +22,6 @@ def kill(root: str, container_id: str, sig: int, all_processes: bool = False) ->
         # Every process of the cgroup, frozen meanwhile so that none forks away.
         manager_from_state(state.cgroup).kill_all(sig)
         return
-    try:
-        os.kill(state.pid, sig)
-    except ProcessLookupError:
-        pass
+    # The init may exit, and its pid be taken, after its status was derived.
+    proc.signal_exact(state.pid, state.pid_start, sig)
 

@@ -24,6 +24,38 @@ def kill_and_reap(pid: int) -> None:
         wait_exit(pid, 5.0)
 
 
+def signal_exact(pid: int, start_time: int, signum: int) -> bool:
+    """Send `signum` to `pid` only while it is the process that started at `start_time`
+    (field 22 of /proc/<pid>/stat).  The pidfd, opened before the check, names one
+    process for good, so a pid freed and taken by another process after the check
+    cannot receive the signal, as it could with kill(2) after a check (crun signals
+    the same way).  False if the process is gone or is another one now."""
+    from ocirun.state import process_start_time
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ENOENT):  # see wait_exit
+            return False
+        if e.errno != errno.ENOSYS:
+            raise
+        pidfd = -1  # before Linux 5.3: check, then kill(2)
+    try:
+        if process_start_time(pid) != start_time:
+            return False
+        if pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
 def descends_from(pid: int, ancestor: int) -> bool:
     for _ in range(64):
         try:

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 venvs=${OCIRUN_PY_VENVS:-/var/tmp/ocirun-python-venvs}
 tests="tests/test_architecture.py tests/test_sys_arch.py tests/test_first_child_unit.py
 tests/test_cgroup_placement_unit.py tests/test_cgroups_translate.py tests/test_validate.py
-tests/test_create_protocol.py tests/test_lifecycle.py tests/test_seccomp.py tests/test_fstree.py tests/test_module_finder.py"
+tests/test_create_protocol.py tests/test_lifecycle.py tests/test_seccomp.py tests/test_fstree.py tests/test_module_finder.py tests/test_signal_exact.py"
 status=0
 found=""
 for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/*/bin/python3 /usr/bin/python3.1[2-9]; do

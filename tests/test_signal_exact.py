@@ -1,0 +1,112 @@
+"""`kill` and `delete` signal the container's init through a pidfd opened before the
+start-time check (process.signal_exact): a pid freed and taken by another process
+after the check must not receive the signal.  The race is made real: between the
+check and the signal the test kills and reaps the process and starts another one
+with the same pid (clone3's set_tid, which needs root)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ocirun import process as proc
+from ocirun import state as st
+from ocirun.sys import arch
+
+SLEEP = ["/bin/sleep", "60"]
+
+
+def _spawn_with_pid(pid: int, argv: list[str]) -> int:
+    """Start argv as our child with exactly this pid (clone3 with set_tid, 5.5+)."""
+    pydll = ctypes.PyDLL(None, use_errno=True)
+    pydll.syscall.restype = ctypes.c_long
+    tid = (ctypes.c_int32 * 1)(pid)
+    args = (ctypes.c_uint64 * 11)(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0,
+                                  ctypes.addressof(tid), 1, 0)
+    path = argv[0].encode()
+    cargv = (ctypes.c_char_p * (len(argv) + 1))(*[a.encode() for a in argv], None)
+    libc = ctypes.CDLL(None, use_errno=True)
+    ctypes.pythonapi.PyOS_BeforeFork()
+    child = pydll.syscall(ctypes.c_long(arch.number("clone3")), args,
+                          ctypes.c_size_t(ctypes.sizeof(args)))
+    if child == 0:
+        libc.execv(path, cargv)  # nothing Python between the clone and the exec
+        libc._exit(127)
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if child < 0:
+        pytest.skip(f"clone3 with set_tid: {os.strerror(err)}")
+    return child
+
+
+_start_time = st.process_start_time  # not the test's stand-in
+
+
+def _alive(pid: int) -> bool:
+    return _start_time(pid) is not None
+
+
+@pytest.fixture
+def children():
+    started: list[int] = []
+    yield started
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)  # only our own children, by the pids we started
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def test_signal_reaches_the_process_whose_start_time_matches(children):
+    p = subprocess.Popen(SLEEP)
+    children.append(p.pid)
+    start = st.process_start_time(p.pid)
+    assert start is not None
+    assert not proc.signal_exact(p.pid, start + 1, signal.SIGTERM)
+    time.sleep(0.05)
+    assert p.poll() is None, "a process with another start time was signalled"
+    assert proc.signal_exact(p.pid, start, signal.SIGTERM)
+    assert p.wait(5) == -signal.SIGTERM
+
+
+def test_a_pid_reused_after_the_check_is_not_signalled(children, monkeypatch):
+    first = subprocess.Popen(SLEEP)
+    children.append(first.pid)
+    pid = first.pid
+    start = st.process_start_time(pid)
+    victim: list[int] = []
+    real_start_time = st.process_start_time
+
+    def check_then_lose_the_race(p: int) -> int | None:
+        seen = real_start_time(p)
+        if victim:
+            return seen
+        # After the check: the process ends, is reaped, and its pid is taken.
+        first.kill()
+        first.wait(5)
+        victim.append(_spawn_with_pid(pid, SLEEP))
+        children.append(victim[0])
+        return seen
+
+    monkeypatch.setattr(st, "process_start_time", check_then_lose_the_race)
+    assert not proc.signal_exact(pid, start, signal.SIGKILL)
+    assert victim == [pid], "the test did not reuse the pid"
+    time.sleep(0.05)
+    assert _alive(pid), "the process that took the pid after the check was killed"
+
+
+def test_a_gone_process_is_not_signalled():
+    p = subprocess.Popen(["/bin/true"])
+    start = None
+    for _ in range(100):
+        start = start or st.process_start_time(p.pid)
+        if p.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert not proc.signal_exact(p.pid, start or 1, signal.SIGKILL)
