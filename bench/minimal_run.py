@@ -13,7 +13,8 @@ the parent waits and removes the cgroups.  It does nothing else: no state, lock,
 fifo, validation, messages or error handling, and it imports only what that work
 needs (ocirun.sys's ctypes calls, ocirun.jsonio, _socket, _prctl).  Its time is the
 interpreter floor plus the kernel work; what ocirun takes beyond it is ocirun's own
-Python work.  MINIMAL_MARKS=FILE appends its phase times to FILE.
+Python work.  Written for this machine's hybrid layout (on pure v2 it would skip the
+device program ocirun loads).  MINIMAL_MARKS=FILE appends its phase times to FILE.
 """
 
 import os
