@@ -117,8 +117,9 @@ _loaded_libc: ctypes.CDLL | None = None
 
 
 def libc() -> ctypes.CDLL:
-    """libc, importing ctypes on first use: ~3 ms that the runtime's parent never
-    needs; stage1 pays it while the parent waits on the cgroup.  Every caller calls
+    """libc, importing ctypes on first use: ~2-3 ms that only the commands making or
+    entering a container pay (create's parent for clone3, the children for mounts and
+    namespaces); state, start, kill and delete never load it.  Every caller calls
     this before it evaluates its arguments, so `ctypes` is bound by then."""
     global _loaded_libc, ctypes
     if _loaded_libc is None:
