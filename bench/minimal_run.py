@@ -41,10 +41,8 @@ def compare(rounds: int) -> int:
     spec = importlib.util.spec_from_loader("bench_run", loader)
     br = importlib.util.module_from_spec(spec)
     loader.exec_module(br)
-    import ocirun
-    import _prctl
-    os.environ["MINIMAL_RUN_PATH"] = ":".join(
-        (os.path.dirname(os.path.dirname(ocirun.__file__)), os.path.dirname(_prctl.__file__)))
+    import _prctl  # python-prctl, installed; ocirun itself comes from this checkout
+    os.environ["MINIMAL_RUN_PATH"] = ":".join((br.REPO, os.path.dirname(_prctl.__file__)))
     ctypes.CDLL(None).prctl(br.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     work = tempfile.mkdtemp(prefix="ocirun-minimal-")
     os.chmod(work, 0o755)
@@ -96,102 +94,106 @@ with open("/proc/self/cgroup") as f:
         _, ctrls, path = line.rstrip("\n").split(":", 2)
         own[ctrls] = path
 dirs = []
-unified_fd = -1
-v1_tasks = []
-for ctrls, path in own.items():
-    if ctrls == "":  # the hybrid layout's cgroup2 mount, or pure v2
-        base = "/sys/fs/cgroup/unified" if own.keys() != {""} else "/sys/fs/cgroup"
-    elif ctrls.startswith("name="):
-        base = "/sys/fs/cgroup/" + ctrls[5:]
-    else:
-        base = "/sys/fs/cgroup/" + ctrls
-    if not os.path.isdir(base):
-        continue
-    d = base + path.rstrip("/") + "/" + name
-    os.mkdir(d)
-    dirs.append(d)
-    if ctrls == "":
-        unified_fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    else:
-        v1_tasks.append(os.open(d + "/tasks", os.O_WRONLY | os.O_CLOEXEC))
-    if "cpuset" in ctrls.split(","):
-        for knob in ("cpuset.cpus", "cpuset.mems"):
-            with open(os.path.dirname(d) + "/" + knob) as f:
-                value = f.read()
-            with open(d + "/" + knob, "w") as f:
-                f.write(value)
-    if "devices" in ctrls.split(","):
-        with open(d + "/devices.deny", "w") as f:
-            f.write("a")
-        for rule in ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
-                     "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"):
-            with open(d + "/devices.allow", "w") as f:
-                f.write(rule)
+try:  # the cgroups go even when a step fails
+    unified_fd = -1
+    v1_tasks = []
+    for ctrls, path in own.items():
+        if ctrls == "":  # the hybrid layout's cgroup2 mount, or pure v2
+            base = "/sys/fs/cgroup/unified" if own.keys() != {""} else "/sys/fs/cgroup"
+        elif ctrls.startswith("name="):
+            base = "/sys/fs/cgroup/" + ctrls[5:]
+        else:
+            base = "/sys/fs/cgroup/" + ctrls
+        if not os.path.isdir(base):
+            continue
+        d = base + path.rstrip("/") + "/" + name
+        os.mkdir(d)
+        dirs.append(d)
+        if ctrls == "":
+            unified_fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            v1_tasks.append(os.open(d + "/tasks", os.O_WRONLY | os.O_CLOEXEC))
+        if "cpuset" in ctrls.split(","):
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                with open(os.path.dirname(d) + "/" + knob) as f:
+                    value = f.read()
+                with open(d + "/" + knob, "w") as f:
+                    f.write(value)
+        if "devices" in ctrls.split(","):
+            with open(d + "/devices.deny", "w") as f:
+                f.write("a")
+            for rule in ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                         "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"):
+                with open(d + "/devices.allow", "w") as f:
+                    f.write(rule)
 
-mark("cgroups")
-flags = (ksys.CLONE_NEWNS | ksys.CLONE_NEWPID | ksys.CLONE_NEWNET | ksys.CLONE_NEWIPC |
-         ksys.CLONE_NEWUTS)
-pid = ksys.clone3(flags, unified_fd)
-if pid == 0:
-    try:
-        import _prctl  # before pivot_root: the host's files are gone after it
-        for fd in v1_tasks:
-            os.write(fd, b"0")
-        _socket.sethostname(cfg["hostname"])
-        root = cfg["root"]["path"]
-        ksys.mount(None, "/", None, ksys.MS_SLAVE | ksys.MS_REC)
-        ksys.mount(root, root, None, ksys.MS_BIND | ksys.MS_REC)
-        for m in cfg["mounts"]:
-            target = root + m["destination"]
-            if not os.path.isdir(target):
-                os.mkdir(target)
-            opts = [o for o in m.get("options", ()) if "=" in o or o == "newinstance"]
-            mflags = ksys.MS_NOSUID if "nosuid" in m.get("options", ()) else 0
-            mflags |= ksys.MS_RDONLY if "ro" in m.get("options", ()) else 0
-            ksys.mount(m["source"], target, m["type"], mflags, ",".join(opts) or None)
-        for dev, minor in (("null", 3), ("zero", 5), ("full", 7), ("random", 8),
-                           ("urandom", 9)):
-            os.mknod(f"{root}/dev/{dev}", 0o666 | 0o020000, os.makedev(1, minor))
-        os.mknod(f"{root}/dev/tty", 0o666 | 0o020000, os.makedev(5, 0))
-        for target, link in (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
-                             ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"),
-                             ("pts/ptmx", "ptmx")):
-            os.symlink(target, f"{root}/dev/{link}")
-        ksys.loopback_up()
-        os.chdir(root)
-        ksys.pivot_root(".", ".")
-        ksys.umount2(".", ksys.MNT_DETACH)
-        os.chdir("/")
-        for p in cfg["linux"]["maskedPaths"]:
-            if os.path.isdir(p):
-                ksys.mount("tmpfs", p, "tmpfs", ksys.MS_RDONLY)
-            elif os.path.exists(p):
-                ksys.mount("/dev/null", p, None, ksys.MS_BIND)
-        for p in cfg["linux"]["readonlyPaths"]:
-            if os.path.exists(p):
-                ksys.mount(p, p, None, ksys.MS_BIND | ksys.MS_REC)
-                ksys.mount(p, p, None, ksys.MS_BIND | ksys.MS_REMOUNT | ksys.MS_RDONLY |
-                           ksys.MS_REC)
-        ksys.mount("/", "/", None, ksys.MS_BIND | ksys.MS_REMOUNT | ksys.MS_RDONLY)
-        ksys.setrlimit("RLIMIT_NOFILE", 1024, 1024)
-        keep = {5, 10, 29}  # CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE
-        every = set(range(41))
-        for cap in every - keep:
-            _prctl.prctl(ksys.PR_CAPBSET_DROP, cap)
-        ksys.set_capabilities(keep, keep, set(), every)
-        _prctl.prctl(ksys.PR_SET_NO_NEW_PRIVS, 1)
-        p = cfg["process"]
-        os.execve(p["args"][0], p["args"], dict(e.split("=", 1) for e in p["env"]))
-    except BaseException as e:
-        print(f"minimal_run: {e!r}", file=sys.stderr)
-        os._exit(127)
-mark("clone3")
-for fd in v1_tasks:
-    os.close(fd)
-_, status = os.waitpid(pid, 0)
-mark("wait (the child's work, its exit)")
-for d in dirs:
-    os.rmdir(d)
+    mark("cgroups")
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        cap_last = int(f.read())
+    flags = (ksys.CLONE_NEWNS | ksys.CLONE_NEWPID | ksys.CLONE_NEWNET | ksys.CLONE_NEWIPC |
+             ksys.CLONE_NEWUTS)
+    pid = ksys.clone3(flags, unified_fd)
+    if pid == 0:
+        try:
+            import _prctl  # before pivot_root: the host's files are gone after it
+            for fd in v1_tasks:
+                os.write(fd, b"0")
+            _socket.sethostname(cfg["hostname"])
+            root = cfg["root"]["path"]
+            ksys.mount(None, "/", None, ksys.MS_SLAVE | ksys.MS_REC)
+            ksys.mount(root, root, None, ksys.MS_BIND | ksys.MS_REC)
+            for m in cfg["mounts"]:
+                target = root + m["destination"]
+                if not os.path.isdir(target):
+                    os.mkdir(target)
+                opts = [o for o in m.get("options", ()) if "=" in o or o == "newinstance"]
+                mflags = ksys.MS_NOSUID if "nosuid" in m.get("options", ()) else 0
+                mflags |= ksys.MS_RDONLY if "ro" in m.get("options", ()) else 0
+                ksys.mount(m["source"], target, m["type"], mflags, ",".join(opts) or None)
+            for dev, minor in (("null", 3), ("zero", 5), ("full", 7), ("random", 8),
+                               ("urandom", 9)):
+                os.mknod(f"{root}/dev/{dev}", 0o666 | 0o020000, os.makedev(1, minor))
+            os.mknod(f"{root}/dev/tty", 0o666 | 0o020000, os.makedev(5, 0))
+            for target, link in (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
+                                 ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"),
+                                 ("pts/ptmx", "ptmx")):
+                os.symlink(target, f"{root}/dev/{link}")
+            ksys.loopback_up()
+            os.chdir(root)
+            ksys.pivot_root(".", ".")
+            ksys.umount2(".", ksys.MNT_DETACH)
+            os.chdir("/")
+            for p in cfg["linux"]["maskedPaths"]:
+                if os.path.isdir(p):
+                    ksys.mount("tmpfs", p, "tmpfs", ksys.MS_RDONLY)
+                elif os.path.exists(p):
+                    ksys.mount("/dev/null", p, None, ksys.MS_BIND)
+            for p in cfg["linux"]["readonlyPaths"]:
+                if os.path.exists(p):
+                    ksys.mount(p, p, None, ksys.MS_BIND | ksys.MS_REC)
+                    ksys.mount(p, p, None, ksys.MS_BIND | ksys.MS_REMOUNT | ksys.MS_RDONLY |
+                               ksys.MS_REC)
+            ksys.mount("/", "/", None, ksys.MS_BIND | ksys.MS_REMOUNT | ksys.MS_RDONLY)
+            ksys.setrlimit("RLIMIT_NOFILE", 1024, 1024)
+            keep = {5, 10, 29}  # CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE
+            every = set(range(cap_last + 1))
+            for cap in every - keep:
+                _prctl.prctl(ksys.PR_CAPBSET_DROP, cap)
+            ksys.set_capabilities(keep, keep, set(), every)
+            _prctl.prctl(ksys.PR_SET_NO_NEW_PRIVS, 1)
+            p = cfg["process"]
+            os.execve(p["args"][0], p["args"], dict(e.split("=", 1) for e in p["env"]))
+        except BaseException as e:
+            print(f"minimal_run: {e!r}", file=sys.stderr)
+            os._exit(127)
+    mark("clone3")
+    for fd in v1_tasks:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    mark("wait (the child's work, its exit)")
+finally:
+    for d in reversed(dirs):
+        os.rmdir(d)
 mark("rmdir")
 if os.environ.get("MINIMAL_MARKS"):
     with open(os.environ["MINIMAL_MARKS"], "a") as f:

@@ -7,6 +7,7 @@ with the same pid (clone3's set_tid, which needs root)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import subprocess
@@ -31,12 +32,14 @@ def _spawn_with_pid(pid: int, argv: list[str]) -> int:
     path = argv[0].encode()
     cargv = (ctypes.c_char_p * (len(argv) + 1))(*[a.encode() for a in argv], None)
     libc = ctypes.CDLL(None, use_errno=True)
+    execv, exit_ = libc.execv, libc._exit  # looked up before the clone
     ctypes.pythonapi.PyOS_BeforeFork()
     child = pydll.syscall(ctypes.c_long(arch.number("clone3")), args,
                           ctypes.c_size_t(ctypes.sizeof(args)))
     if child == 0:
-        libc.execv(path, cargv)  # nothing Python between the clone and the exec
-        libc._exit(127)
+        ctypes.pythonapi.PyOS_AfterFork_Child()  # as os.fork does, then exec at once
+        execv(path, cargv)
+        exit_(127)
     err = ctypes.get_errno()
     ctypes.pythonapi.PyOS_AfterFork_Parent()
     if child < 0:
@@ -81,10 +84,9 @@ def test_a_pid_reused_after_the_check_is_not_signalled(children, monkeypatch):
     pid = first.pid
     start = st.process_start_time(pid)
     victim: list[int] = []
-    real_start_time = st.process_start_time
 
     def check_then_lose_the_race(p: int) -> int | None:
-        seen = real_start_time(p)
+        seen = _start_time(p)
         if victim:
             return seen
         # After the check: the process ends, is reaped, and its pid is taken.
@@ -102,11 +104,24 @@ def test_a_pid_reused_after_the_check_is_not_signalled(children, monkeypatch):
 
 
 def test_a_gone_process_is_not_signalled():
-    p = subprocess.Popen(["/bin/true"])
-    start = None
-    for _ in range(100):
-        start = start or st.process_start_time(p.pid)
-        if p.poll() is not None:
-            break
-        time.sleep(0.01)
-    assert not proc.signal_exact(p.pid, start or 1, signal.SIGKILL)
+    p = subprocess.Popen(SLEEP)
+    start = st.process_start_time(p.pid)
+    p.kill()
+    p.wait(5)
+    assert not proc.signal_exact(p.pid, start, signal.SIGKILL)
+
+
+def test_without_pidfds_the_check_still_guards_the_signal(children, monkeypatch):
+    """Before Linux 5.3 (pidfd_open is ENOSYS) it is check, then kill(2)."""
+    def no_pidfds(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds)
+    p = subprocess.Popen(SLEEP)
+    children.append(p.pid)
+    start = st.process_start_time(p.pid)
+    assert not proc.signal_exact(p.pid, start + 1, signal.SIGTERM)
+    time.sleep(0.05)
+    assert p.poll() is None, "a process with another start time was signalled"
+    assert proc.signal_exact(p.pid, start, signal.SIGTERM)
+    assert p.wait(5) == -signal.SIGTERM
