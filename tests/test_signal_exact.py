@@ -6,7 +6,6 @@ with the same pid (clone3's set_tid, which needs root)."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import signal
@@ -17,33 +16,22 @@ import pytest
 
 from ocirun import process as proc
 from ocirun import state as st
-from ocirun.sys import arch
+from ocirun import sys as ksys
 
 SLEEP = ["/bin/sleep", "60"]
 
 
 def _spawn_with_pid(pid: int, argv: list[str]) -> int:
     """Start argv as our child with exactly this pid (clone3 with set_tid, 5.5+)."""
-    pydll = ctypes.PyDLL(None, use_errno=True)
-    pydll.syscall.restype = ctypes.c_long
-    tid = (ctypes.c_int32 * 1)(pid)
-    args = (ctypes.c_uint64 * 11)(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0,
-                                  ctypes.addressof(tid), 1, 0)
-    path = argv[0].encode()
-    cargv = (ctypes.c_char_p * (len(argv) + 1))(*[a.encode() for a in argv], None)
-    libc = ctypes.CDLL(None, use_errno=True)
-    execv, exit_ = libc.execv, libc._exit  # looked up before the clone
-    ctypes.pythonapi.PyOS_BeforeFork()
-    child = pydll.syscall(ctypes.c_long(arch.number("clone3")), args,
-                          ctypes.c_size_t(ctypes.sizeof(args)))
+    try:
+        child = ksys.clone3(set_tid=pid)
+    except OSError as e:
+        pytest.skip(f"clone3 with set_tid: {e.strerror}")
     if child == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()  # as os.fork does, then exec at once
-        execv(path, cargv)
-        exit_(127)
-    err = ctypes.get_errno()
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
-    if child < 0:
-        pytest.skip(f"clone3 with set_tid: {os.strerror(err)}")
+        try:
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
     return child
 
 

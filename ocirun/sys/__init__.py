@@ -302,7 +302,7 @@ def loopback_up() -> None:
 _pydll: ctypes.PyDLL | None = None
 
 
-def clone3(flags: int = 0, cgroup_fd: int = -1) -> int:
+def clone3(flags: int = 0, cgroup_fd: int = -1, set_tid: int = 0) -> int:
     """fork() through clone3(2): the child born with new namespaces (`flags`, the
     CLONE_NEW* bits) and, with `cgroup_fd` (a cgroup2 directory), in that cgroup
     (CLONE_INTO_CGROUP, Linux 5.7+), which places it under the read side of the cgroup
@@ -313,7 +313,8 @@ def clone3(flags: int = 0, cgroup_fd: int = -1) -> int:
     5.3, E2BIG before 5.7, EINVAL/EBUSY/EPERM... on directories that cannot take it).
     Returns 0 in the child.  Unlike glibc's fork the child's cached thread id stays the
     parent's: the child must not use pthread_kill/raise (ours exec or fork before they
-    could)."""
+    could).  `set_tid` asks for that pid (Linux 5.5+, CAP_SYS_ADMIN; the tests use it
+    to make a freed pid reused on demand)."""
     global _pydll
     libc()
     if _pydll is None:
@@ -322,7 +323,9 @@ def clone3(flags: int = 0, cgroup_fd: int = -1) -> int:
     from ocirun.compat import signal as _signal
     if cgroup_fd >= 0:
         flags |= CLONE_INTO_CGROUP
-    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, _signal.SIGCHLD, 0, 0, 0, 0, 0,
+    tid = (ctypes.c_int32 * 1)(set_tid)
+    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, _signal.SIGCHLD, 0, 0, 0,
+                                  ctypes.addressof(tid) if set_tid else 0, 1 if set_tid else 0,
                                   max(cgroup_fd, 0))
     nr = ctypes.c_long(arch.number("clone3"))
     api = ctypes.pythonapi
