@@ -1,7 +1,8 @@
 #!/bin/sh
 # The compatibility leg: the unit tests and real containers (lifecycle, seccomp cache)
 # on every other CPython >= 3.11 this machine has (pyenv's 3.12 and 3.13 here), so a
-# private C module ocirun uses (ocirun/compat.py) that a release renamed is seen.
+# private C module ocirun uses (ocirun/compat.py, ocirun/sys/ffi.py) that a release
+# renamed is seen.
 # Each interpreter gets a venv with the runtime's and the tests' packages (made once,
 # reused), and reads ocirun from this checkout.  No other interpreter: nothing to do.
 set -eu
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 venvs=${OCIRUN_PY_VENVS:-/var/tmp/ocirun-python-venvs}
 tests="tests/test_architecture.py tests/test_sys_arch.py tests/test_first_child_unit.py
 tests/test_cgroup_placement_unit.py tests/test_cgroups_translate.py tests/test_validate.py
-tests/test_create_protocol.py tests/test_lifecycle.py tests/test_seccomp.py tests/test_fstree.py tests/test_module_finder.py tests/test_signal_exact.py"
+tests/test_create_protocol.py tests/test_lifecycle.py tests/test_seccomp.py tests/test_fstree.py tests/test_module_finder.py tests/test_signal_exact.py tests/test_ffi.py"
 status=0
 found=""
 for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/*/bin/python3 /usr/bin/python3.1[2-9]; do

@@ -62,7 +62,8 @@ def _imports(name: str, path: Path) -> list[tuple[str, str | None]]:
 
 def test_only_ocirun_sys_loads_ctypes() -> None:
     users = [name for name, path in MODULES.items() if not name.startswith("ocirun.sys")
-             and any(mod.split(".")[0] == "ctypes" for mod, _ in _imports(name, path))]
+             and any(mod.split(".")[0] in ("ctypes", "_ctypes")
+                     for mod, _ in _imports(name, path))]
     assert users == []
 
 

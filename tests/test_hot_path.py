@@ -23,7 +23,8 @@ from ocirun import jsonio, signals
 # What no lifecycle command may import, in the parent (children are forks of it).
 HEAVY = {"json", "re", "enum", "typing", "socket", "signal", "dataclasses", "inspect",
          "functools", "collections", "subprocess", "shutil", "jsonschema", "pyseccomp",
-         "seccomp", "platform", "glob", "tempfile", "argparse"}
+         "seccomp", "platform", "glob", "tempfile", "argparse",
+         "ctypes"}  # ocirun.sys.ffi is the part of it create/run need, at a third the cost
 # ...and what the commands that never fork or mount may not need either.
 NO_KERNEL_LAYER = {"ctypes", "_ctypes", "ocirun.sys", "ocirun.init", "ocirun.sync"}
 

@@ -66,7 +66,7 @@ class V2Manager(BaseManager):
             enable_controllers(self.leaf, wanted, self.created)
 
     def _apply_devices(self, state: DeviceState) -> None:
-        from ocirun.cgroups import devices_bpf  # bpf(2) via ctypes: only when loading one
+        from ocirun.cgroups import devices_bpf  # bpf(2) via the FFI: only when loading one
         devices_bpf.install(self.leaf, state)
 
     # ------------------------------------------------------------------ freeze

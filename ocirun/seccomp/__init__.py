@@ -4,7 +4,7 @@ The runtime's side, in call order:
   prepare(seccomp, cache_dir) -> PreparedFilter   before fork; libseccomp on a miss only
   warm_up()                                        in the process that will load the
                                                    filter, before it enters the container's
-                                                   namespaces (imports ctypes, one syscall)
+                                                   namespaces (imports the FFI, one syscall)
   load(prepared) -> int | None                     in the init, just before execve;
                                                    returns the listener fd with NOTIFY
   send_listener(fd, seccomp, state_json)           runtime: hand the listener to the agent

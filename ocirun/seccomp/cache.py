@@ -107,7 +107,7 @@ def load_flags(seccomp: Seccomp, notify: bool) -> int:
 def prepare(seccomp: Seccomp, cache_dir: str) -> PreparedFilter:
     """The filter for `seccomp`: from `cache_dir`, or compiled and cached there.
 
-    A hit needs no ctypes (unless `flags` must be probed): the process that will call
+    A hit needs no FFI (unless `flags` must be probed): the process that will call
     load() warms it up before entering the container's namespaces (ocirun.seccomp.warm_up).
     """
     notify = uses_notify(seccomp)

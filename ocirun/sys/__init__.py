@@ -1,4 +1,4 @@
-"""The one place that calls libc through ctypes.
+"""The one place that calls libc (through ocirun.sys.ffi, a small part of ctypes).
 
 Only the calls the standard library lacks (on 3.11) live here, with their syscall
 numbers per architecture in arch.py; sys/seccomp.py and sys/bpf.py hold the seccomp
@@ -16,7 +16,7 @@ from ocirun.sys import arch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ctypes
+    from ocirun.sys import ffi
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -113,30 +113,24 @@ RLIMIT_NUMBERS = {
 }
 
 
-_loaded_libc: ctypes.CDLL | None = None
-
-
-def libc() -> ctypes.CDLL:
-    """libc, importing ctypes on first use: ~2-3 ms that only the commands making or
-    entering a container pay (create's parent for clone3, the children for mounts and
-    namespaces); state, start, kill and delete never load it.  Every caller calls
-    this before it evaluates its arguments, so `ctypes` is bound by then."""
-    global _loaded_libc, ctypes
-    if _loaded_libc is None:
-        import ctypes
-        # CDLL(None) is the already-loaded libc: no find_library (it forks ldconfig).
-        _loaded_libc = ctypes.CDLL(None, use_errno=True)
-    return _loaded_libc
+def libc() -> ffi.Library:
+    """libc, loading the FFI layer (ocirun.sys.ffi, ~1 ms) on first use: only the
+    commands making or entering a container pay it (create's parent for clone3, the
+    children for mounts and namespaces); state, start, kill and delete never load it.
+    Every caller calls this before it evaluates its arguments, so `ffi` is bound by then."""
+    global ffi
+    from ocirun.sys import ffi
+    return ffi.libc
 
 
 def load() -> None:
-    """Load ctypes and libc now, while the interpreter's files are still reachable."""
+    """Load the FFI layer and libc now, while the interpreter's files are still reachable."""
     libc()
 
 
 def _check(ret: int, what: str, subject: str | None = None) -> int:
     if ret < 0:
-        err = ctypes.get_errno()
+        err = ffi.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}", subject)
     return ret
 
@@ -147,7 +141,7 @@ def _b(s: str | None) -> bytes | None:
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
-    _check(libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags),
+    _check(libc().mount(_b(source), _b(target), _b(fstype), ffi.c_ulong(flags),
                          _b(data)), "mount", target)
 
 
@@ -174,17 +168,17 @@ def setdomainname(name: str) -> None:
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
-    if libc().syscall(arch.number("close_range"), first, ctypes.c_uint(last), 0) < 0:
+    if libc().syscall(arch.number("close_range"), first, ffi.c_uint(last), 0) < 0:
         os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # kernels before 5.9
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): `path` resolved under `resolve`'s rules (RESOLVE_IN_ROOT: as if
     dir_fd were "/", symlinks included).  Raises OSError(ENOSYS) before Linux 5.6."""
-    lib = libc()  # binds `ctypes` (imported on first use)
-    how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, resolve)
+    lib = libc()  # binds `ffi` (imported on first use)
+    how = (ffi.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, resolve)
     return _check(lib.syscall(arch.number("openat2"), dir_fd, _b(path), how,
-                              ctypes.sizeof(how)), "openat2", path)
+                              ffi.sizeof(how)), "openat2", path)
 
 
 PROC_SUPER_MAGIC = 0x9FA0
@@ -193,9 +187,9 @@ PROC_SUPER_MAGIC = 0x9FA0
 def fs_magic(fd: int) -> int:
     """The filesystem type (statfs f_type) of what `fd` refers to: os has no fstatfs."""
     lib = libc()
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit ports
+    buf = ffi.buffer(256)  # struct statfs is 120 bytes on 64-bit ports
     _check(lib.fstatfs(fd, buf), "fstatfs")
-    size = 4 if arch.MACHINE == "s390x" else ctypes.sizeof(ctypes.c_long)  # f_type first
+    size = 4 if arch.MACHINE == "s390x" else ffi.sizeof(ffi.c_long)  # f_type first
     return int.from_bytes(buf.raw[:size], sys.byteorder)
 
 
@@ -228,10 +222,10 @@ def open_procfs(relative: str, flags: int) -> int:
 
 def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int) -> None:
     """mount_setattr(2) on the mount `fd` names and every mount beneath it."""
-    lib = libc()  # binds `ctypes` (imported on first use)
-    attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
+    lib = libc()  # binds `ffi` (imported on first use)
+    attr = (ffi.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
     _check(lib.syscall(arch.number("mount_setattr"), fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
-                           attr, ctypes.sizeof(attr)), "mount_setattr")
+                           attr, ffi.sizeof(attr)), "mount_setattr")
 
 
 def fsmount_detached(fstype: str, options: dict[str, str] | list[tuple[str, str]],
@@ -273,7 +267,7 @@ def bind_fd(source_fd: int, target_fd: int) -> None:
     lib = libc()
     tree = lib.syscall(arch.number("open_tree"), source_fd, b"",
                        _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_EMPTY_PATH)
-    if tree < 0 and ctypes.get_errno() == errno.ENOSYS:  # before Linux 5.2
+    if tree < 0 and ffi.get_errno() == errno.ENOSYS:  # before Linux 5.2
         mount(f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target_fd}", None, MS_BIND)
         return
     _check(tree, "open_tree")
@@ -299,42 +293,35 @@ def loopback_up() -> None:
         sock.close()
 
 
-_pydll: ctypes.PyDLL | None = None
-
-
 def clone3(flags: int = 0, cgroup_fd: int = -1, set_tid: int = 0) -> int:
     """fork() through clone3(2): the child born with new namespaces (`flags`, the
     CLONE_NEW* bits) and, with `cgroup_fd` (a cgroup2 directory), in that cgroup
     (CLONE_INTO_CGROUP, Linux 5.7+), which places it under the read side of the cgroup
     threadgroup lock, where a write to cgroup.procs takes the write side and waits out
     an RCU grace period (~8 ms here).  Done as os.fork does it: the GIL held across
-    the call (PyDLL) and the interpreter's own before/after-fork steps around it, so
-    the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS before
+    the call (ffi.raw_syscall) and the interpreter's own before/after-fork steps around
+    it, so the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS before
     5.3, E2BIG before 5.7, EINVAL/EBUSY/EPERM... on directories that cannot take it).
     Returns 0 in the child.  Unlike glibc's fork the child's cached thread id stays the
     parent's: the child must not use pthread_kill/raise (ours exec or fork before they
     could).  `set_tid` asks for that pid (Linux 5.5+, CAP_SYS_ADMIN; the tests use it
     to make a freed pid reused on demand)."""
-    global _pydll
     libc()
-    if _pydll is None:
-        _pydll = ctypes.PyDLL(None, use_errno=True)
-        _pydll.syscall.restype = ctypes.c_long
     from ocirun.compat import signal as _signal
     if cgroup_fd >= 0:
         flags |= CLONE_INTO_CGROUP
-    tid = (ctypes.c_int32 * 1)(set_tid)
-    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, _signal.SIGCHLD, 0, 0, 0,
-                                  ctypes.addressof(tid) if set_tid else 0, 1 if set_tid else 0,
+    tid = (ffi.c_int * 1)(set_tid)
+    args = (ffi.c_uint64 * 11)(flags, 0, 0, 0, _signal.SIGCHLD, 0, 0, 0,
+                                  ffi.addressof(tid) if set_tid else 0, 1 if set_tid else 0,
                                   max(cgroup_fd, 0))
-    nr = ctypes.c_long(arch.number("clone3"))
-    api = ctypes.pythonapi
+    nr = ffi.c_long(arch.number("clone3"))
+    api = ffi.pythonapi
     api.PyOS_BeforeFork()
-    pid = _pydll.syscall(nr, args, ctypes.c_size_t(ctypes.sizeof(args)))
+    pid = ffi.raw_syscall(nr, args, ffi.c_ulong(ffi.sizeof(args)))
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
-    err = ctypes.get_errno()
+    err = ffi.get_errno()
     api.PyOS_AfterFork_Parent()
     if pid < 0:
         raise OSError(err, f"clone3: {os.strerror(err)}")
@@ -346,7 +333,7 @@ def setrlimit(name: str, soft: int, hard: int) -> None:
     libc, which the init has loaded anyway, rather than the `resource` module, whose
     import the init would wait on."""
     lib = libc()
-    limits = (ctypes.c_uint64 * 2)(soft, hard)
+    limits = (ffi.c_uint64 * 2)(soft, hard)
     _check(lib.prlimit(0, RLIMIT_NUMBERS[name], limits, None), f"setrlimit {name}")
 
 
@@ -359,7 +346,7 @@ def set_dumpable(dumpable: bool) -> None:
 
 
 def set_child_subreaper() -> None:
-    """prctl(PR_SET_CHILD_SUBREAPER) through python-prctl's C module (no ctypes
+    """prctl(PR_SET_CHILD_SUBREAPER) through python-prctl's C module (no FFI
     needed for it)."""
     import _prctl
     _prctl.prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -392,12 +379,12 @@ def malloc_trim() -> None:
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
-                                ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), "prctl")
+    return _check(libc().prctl(option, ffi.c_ulong(arg2), ffi.c_ulong(arg3),
+                                ffi.c_ulong(arg4), ffi.c_ulong(arg5)), "prctl")
 
 
 def personality(persona: int) -> None:
-    _check(libc().personality(ctypes.c_ulong(persona)), "personality")
+    _check(libc().personality(ffi.c_ulong(persona)), "personality")
 
 
 def join_session_keyring(name: str) -> int:

@@ -11,6 +11,8 @@ import errno
 import os
 import struct
 
+from ocirun.sys import arch, ffi
+
 BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
 BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY = 13, 16
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
@@ -18,14 +20,11 @@ BPF_CGROUP_DEVICE = 6  # attach type
 BPF_F_ALLOW_MULTI = 2
 
 
-def _bpf(cmd: int, attr: object) -> int:
-    import ctypes
-
-    from ocirun.sys import arch, libc
-    ret = libc().syscall(ctypes.c_long(arch.number("bpf")), ctypes.c_int(cmd), attr,
-                         ctypes.c_uint(ctypes.sizeof(attr)))  # type: ignore[arg-type]
+def _bpf(cmd: int, attr: ffi.Array) -> int:
+    ret = ffi.libc.syscall(ffi.c_long(arch.number("bpf")), ffi.c_int(cmd), attr,
+                           ffi.c_uint(ffi.sizeof(attr)))
     if ret < 0:
-        err = ctypes.get_errno()
+        err = ffi.get_errno()
         raise OSError(err, os.strerror(err))
     return int(ret)
 
@@ -33,15 +32,14 @@ def _bpf(cmd: int, attr: object) -> int:
 def load_cgroup_device_program(insns: bytes, name: bytes = b"ocirun_dev") -> int:
     """BPF_PROG_LOAD of a BPF_PROG_TYPE_CGROUP_DEVICE program; returns its fd.  A
     rejected program is loaded once more with the verifier log, for its message."""
-    import ctypes
-    code = ctypes.create_string_buffer(insns, len(insns))
-    license_ = ctypes.create_string_buffer(b"Apache")
+    code = ffi.buffer(insns)
+    license_ = ffi.buffer(b"Apache\0")
     for log_size in (0, 1 << 16):
-        log = ctypes.create_string_buffer(log_size) if log_size else None
-        attr = ctypes.create_string_buffer(128)
+        log = ffi.buffer(log_size) if log_size else None
+        attr = ffi.buffer(128)
         struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE, len(insns) // 8,
-                         ctypes.addressof(code), ctypes.addressof(license_),
-                         1 if log else 0, log_size, ctypes.addressof(log) if log else 0)
+                         ffi.addressof(code), ffi.addressof(license_),
+                         1 if log else 0, log_size, ffi.addressof(log) if log else 0)
         attr[48:48 + 16] = name[:15].ljust(16, b"\0")  # prog_name (shows in bpftool)
         try:
             return _bpf(BPF_PROG_LOAD, attr)
@@ -56,34 +54,31 @@ def load_cgroup_device_program(insns: bytes, name: bytes = b"ocirun_dev") -> int
 
 def attached_device_programs(cgroup_fd: int) -> list[int]:
     """BPF_PROG_QUERY: the ids of the device programs attached to the cgroup."""
-    import ctypes
-    ids = (ctypes.c_uint32 * 64)()
-    attr = ctypes.create_string_buffer(64)
+    ids = (ffi.c_uint32 * 64)()
+    attr = ffi.buffer(64)
     struct.pack_into("<IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0,
-                     ctypes.addressof(ids), len(ids))
+                     ffi.addressof(ids), len(ids))
     _bpf(BPF_PROG_QUERY, attr)
     count = struct.unpack_from("<I", attr, 24)[0]
     return list(ids[:count])
 
 
 def attach_device_program(cgroup_fd: int, prog_fd: int, flags: int) -> None:
-    import ctypes
-    attr = ctypes.create_string_buffer(32)
+    attr = ffi.buffer(32)
     struct.pack_into("<IIII", attr, 0, cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, flags)
     _bpf(BPF_PROG_ATTACH, attr)
 
 
 def detach_device_program(cgroup_fd: int, prog_id: int) -> None:
     """Detach the program `prog_id` (gone already is fine)."""
-    import ctypes
-    attr = ctypes.create_string_buffer(16)
+    attr = ffi.buffer(16)
     struct.pack_into("<I", attr, 0, prog_id)
     try:
         fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
     except OSError:
         return
     try:
-        attr = ctypes.create_string_buffer(32)
+        attr = ffi.buffer(32)
         struct.pack_into("<III", attr, 0, cgroup_fd, fd, BPF_CGROUP_DEVICE)
         _bpf(BPF_PROG_DETACH, attr)
     except OSError:

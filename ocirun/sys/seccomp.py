@@ -1,10 +1,10 @@
-"""Raw seccomp(2) through ctypes, and libseccomp's version.
+"""Raw seccomp(2) through ocirun.sys.ffi, and libseccomp's version.
 
 This module is imported before fork and used between fork and execve, so it imports
-nothing but os at import time and does no work then: ctypes (~3 ms) is imported, and the
-structures below are defined, on the first call that needs them.  A seccomp cache hit in
-the runtime's parent (constants only) therefore costs no ctypes; the init has ctypes
-already (stage1 loads it before any namespace is entered, see ocirun.sys.load).
+nothing but os at import time and does no work then: the FFI layer (~1 ms) is imported,
+and the structures below are defined, on the first call that needs them.  A seccomp
+cache hit in the runtime's parent (constants only) therefore loads no FFI; the init has
+it already (stage1 loads it before any namespace is entered, see ocirun.sys.load).
 libseccomp is not involved: the BPF program was compiled (and cached) earlier, the
 kernel only needs the bytes.
 """
@@ -15,7 +15,6 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ctypes
     from types import ModuleType
     from typing import Any
 
@@ -46,16 +45,16 @@ RET_TRACE = 0x7FF00000
 RET_LOG = 0x7FFC0000
 RET_ALLOW = 0x7FFF0000
 
-_cache: dict[str, object] = {}  # "ctypes", filled on first use
+_cache: dict[str, object] = {}  # "ffi", filled on first use
 
 _STRUCTS = ("SockFilter", "SockFprog", "SeccompData")
 
 
 def _ct() -> ModuleType:
-    """ctypes, imported and the structures defined on first use."""
-    ct = _cache.get("ctypes")
+    """ocirun.sys.ffi, imported and the structures defined on first use."""
+    ct = _cache.get("ffi")
     if ct is None:
-        import ctypes as ct
+        from ocirun.sys import ffi as ct
 
         class SockFilter(ct.Structure):
             """struct sock_filter: one classic BPF instruction (8 bytes, host endian)."""
@@ -64,7 +63,7 @@ def _ct() -> ModuleType:
 
         class SockFprog(ct.Structure):
             """struct sock_fprog: what SECCOMP_SET_MODE_FILTER takes."""
-            _fields_ = [("len", ct.c_ushort), ("filter", ct.c_void_p)]
+            _fields_ = [("len", ct.c_uint16), ("filter", ct.c_void_p)]
 
         class SeccompData(ct.Structure):
             _fields_ = [("nr", ct.c_int), ("arch", ct.c_uint32),
@@ -74,7 +73,7 @@ def _ct() -> ModuleType:
             cls.__module__ = __name__
             cls.__qualname__ = cls.__name__
             globals()[cls.__name__] = cls
-        _cache["ctypes"] = ct
+        _cache["ffi"] = ct
     return ct  # type: ignore[return-value]
 
 
@@ -86,7 +85,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def seccomp(op: int, flags: int, arg: ctypes.c_void_p | int | None) -> int:
+def seccomp(op: int, flags: int, arg: object) -> int:
     """seccomp(op, flags, arg); returns the result or raises OSError with errno."""
     # Every argument is passed as a full register: syscall() is variadic and reads longs.
     from ocirun.sys import arch, libc
@@ -108,18 +107,18 @@ def set_mode_filter(program: bytes, flags: int) -> int:
     ct = _ct()
     count = len(program) // 8
     # The buffer must live until the syscall returns; the kernel copies it.
-    buf = ct.create_string_buffer(program, len(program))
+    buf = ct.buffer(program)
     prog = SockFprog(count, ct.addressof(buf))
     return seccomp(SECCOMP_SET_MODE_FILTER, flags, ct.c_void_p(ct.addressof(prog)))
 
 
 def warm_up() -> None:
-    """Pay ctypes' first-call costs (import, structures, dlsym, argument conversion
+    """Pay the FFI layer's first-call costs (import, structures, dlsym, argument conversion
     setup) now, before fork, instead of in the init between fork and execve; makes one
     harmless syscall."""
     ct = _ct()
     action_available(RET_ALLOW)
-    SockFprog(0, ct.addressof(ct.create_string_buffer(8)))
+    SockFprog(0, ct.addressof(ct.buffer(8)))
 
 
 def filter_flag_supported(flag: int) -> bool:
@@ -150,8 +149,9 @@ def action_available(action: int) -> bool:
 
 
 def libseccomp_version() -> str | None:
-    """The loaded libseccomp's version (seccomp_version(3)), or None without it."""
-    ct = _ct()
+    """The loaded libseccomp's version (seccomp_version(3)), or None without it (for
+    --version only, so through ctypes itself: it needs dlopen by name and pointers)."""
+    import ctypes as ct
 
     class Version(ct.Structure):
         _fields_ = [("major", ct.c_uint), ("minor", ct.c_uint), ("micro", ct.c_uint)]
