@@ -90,14 +90,21 @@ def write_pid(directory: str, pid: int) -> None:
             time.sleep(0.03)
 
 
+def _has_children(directory: str) -> bool:
+    """Whether the cgroup `directory` has child cgroups: cgroupfs (kernfs) counts a
+    directory's links as 2 + its subdirectories, so a leaf needs no listing.  Raises
+    OSError."""
+    return os.stat(directory).st_nlink != 2
+
+
 def procs(directory: str, recursive: bool = True) -> list[int]:
     """Pids listed in cgroup.procs of `directory` (and below, when recursive: the
     container may have nested cgroups of its own, to any depth)."""
-    from ocirun import fstree  # here: create, which never walks, does without it
     pids: list[int] = []
     seen: set[int] = set()
     try:
-        if recursive:
+        if recursive and _has_children(directory):
+            from ocirun import fstree  # here: create, which never walks, does without it
             for fd, name in fstree.walk(directory):
                 if name is None:
                     _add_procs(fd, pids, seen)
@@ -192,6 +199,13 @@ def rmdir_tree(path: str, deadline: float) -> None:
     A cgroup directory holds only kernel files, so rmdir works once no process and no
     child cgroup is left; processes that were just killed take a moment to leave.
     """
+    try:
+        os.rmdir(path)  # the usual case: a leaf, empty by now (no walk needed)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
     from ocirun import fstree
     try:
         for fd, name in fstree.walk(path):
