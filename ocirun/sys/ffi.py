@@ -20,10 +20,12 @@ from _ctypes import (FUNCFLAG_CDECL, FUNCFLAG_PYTHONAPI, FUNCFLAG_USE_ERRNO, Arr
 
 __all__ = ["Array", "Structure", "addressof", "get_errno", "sizeof", "c_char", "c_int",
            "c_uint", "c_long", "c_ulong", "c_uint8", "c_uint16", "c_uint32", "c_uint64",
-           "c_int64", "c_void_p", "buffer", "libc", "pythonapi", "raw_syscall"]
+           "c_void_p", "buffer", "libc", "pythonapi", "raw_syscall"]
 
 
 # Scalar types: their `_type_` codes are struct's (and ctypes'), native size and order.
+# Each costs ~30 us to make, so those only the seccomp and BPF structures use are made
+# on first use (module __getattr__ below).
 class c_char(_SimpleCData):
     _type_ = "c"
 
@@ -44,28 +46,22 @@ class c_ulong(_SimpleCData):
     _type_ = "L"
 
 
-class c_uint8(_SimpleCData):
-    _type_ = "B"
-
-
-class c_uint16(_SimpleCData):
-    _type_ = "H"
-
-
-class c_uint32(_SimpleCData):
-    _type_ = "I"
-
-
 class c_uint64(_SimpleCData):
     _type_ = "Q"
 
 
-class c_int64(_SimpleCData):
-    _type_ = "q"
+c_uint32 = c_uint  # "I" is 32 bits on every architecture CPython builds _ctypes for
+
+_LATER = {"c_uint8": "B", "c_uint16": "H", "c_void_p": "P"}
 
 
-class c_void_p(_SimpleCData):
-    _type_ = "P"
+def __getattr__(name: str) -> type:
+    code = _LATER.get(name)
+    if code is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = type(_SimpleCData)(name, (_SimpleCData,), {"_type_": code, "__module__": __name__})
+    globals()[name] = cls
+    return cls
 
 
 def buffer(size_or_data: int | bytes) -> Array:
@@ -100,9 +96,9 @@ class Library:
 
 
 libc = Library(FUNCFLAG_CDECL | FUNCFLAG_USE_ERRNO, c_int)
-# libc's functions again, called with the GIL held (for clone3: fork as os.fork does it).
-raw_syscall = Library(FUNCFLAG_CDECL | FUNCFLAG_PYTHONAPI | FUNCFLAG_USE_ERRNO,
-                       c_long).syscall
-# The interpreter's own C API (PyOS_BeforeFork...), GIL held.
-pythonapi = Library(FUNCFLAG_CDECL | FUNCFLAG_PYTHONAPI, c_int)
 libc.syscall.restype = c_long
+# The same symbols called with the GIL held: the interpreter's own C API
+# (PyOS_BeforeFork...), and syscall(2) for clone3 (a fork as os.fork does it).
+pythonapi = Library(FUNCFLAG_CDECL | FUNCFLAG_PYTHONAPI | FUNCFLAG_USE_ERRNO, c_int)
+raw_syscall = pythonapi.syscall
+raw_syscall.restype = c_long
