@@ -290,7 +290,6 @@ def _terminal(process: Any, opts: ExecOptions) -> tuple[Any, Any, Any]:
 def _preload_for_children(seccomp: bool) -> None:
     """Everything the children use, imported now: after setns(mount) the interpreter's
     library is out of reach."""
-    import _prctl  # noqa: F401 - ksys.set_capabilities (caps.apply)
     from ocirun import caps, init  # noqa: F401
     ksys.load()
     if seccomp:

@@ -285,7 +285,6 @@ def _preload(cfg: InitConfig) -> None:
     """Import everything the init will use.  It runs in stage1 before any namespace
     is joined or made: in a user namespace the interpreter's library may be unreadable
     to the mapped root (e.g. under /root), and after pivot_root it is out of reach."""
-    import _prctl  # noqa: F401 - used by ksys.set_capabilities
     from ocirun import caps, devices, rootfs  # noqa: F401
     ksys.load()
     if cfg.spec.hooks.create_container or cfg.spec.hooks.start_container:

@@ -72,3 +72,30 @@ def test_the_python_api_is_called_with_the_gil() -> None:
         raise AssertionError("close_range did not close the fd")
     except OSError as e:
         assert e.errno == errno.EBADF
+
+
+def _caps_of(status: str, field: str) -> int:
+    line = next(x for x in status.splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1], 16)
+
+
+def test_set_capabilities_sets_exactly_the_known_ones() -> None:
+    from ocirun import sys as ksys
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    every = set(range(last + 1)) - {21}  # CAP_SYS_ADMIN: not ours to change here
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ksys.set_capabilities({0, 33}, {0, 1, 33}, {1}, every)
+            os.write(w, open("/proc/self/status").read().encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        status = f.read()
+    os.waitpid(pid, 0)
+    keep = 1 << 21  # untouched: still in the sets root started with
+    assert _caps_of(status, "CapEff") == (1 << 0) | (1 << 33) | keep
+    assert _caps_of(status, "CapPrm") == (1 << 0) | (1 << 1) | (1 << 33) | keep
+    assert _caps_of(status, "CapInh") == 1 << 1

@@ -25,7 +25,7 @@ HEAVY = {"json", "re", "enum", "typing", "socket", "signal", "dataclasses", "ins
          "functools", "collections", "subprocess", "shutil", "jsonschema", "pyseccomp",
          "seccomp", "platform", "glob", "tempfile", "argparse",
          "ctypes",  # ocirun.sys.ffi is the part of it create/run need, at a third the cost
-         "_prctl"}  # capabilities are set by the init, which imports it after the fork
+         "_prctl"}  # capset goes through ocirun.sys.ffi: no extension module for it
 # ...and what the commands that never fork or mount may not need either.
 NO_KERNEL_LAYER = {"ctypes", "_ctypes", "ocirun.sys", "ocirun.init", "ocirun.sync"}
 

@@ -93,7 +93,7 @@ def _ensure_user() -> tuple[int, int, bool]:
 def _can_import(python: str, pythonpath: str, uid: int, gid: int) -> str:
     """'' if the user can run ocirun with this interpreter, else why not."""
     try:
-        r = subprocess.run([python, "-c", "import _prctl, ocirun.cli, ocirun.init"],
+        r = subprocess.run([python, "-c", "import ocirun.cli, ocirun.init"],
                            user=uid, group=gid, extra_groups=[], capture_output=True,
                            env={"PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"},
                            cwd="/", timeout=30)
@@ -119,14 +119,9 @@ def rootless(busybox_rootfs: Path) -> Iterator[Rootless]:
         why = _can_import(python, pythonpath, uid, gid)
         if why:
             # e.g. pyenv under /root (mode 0700): the system interpreter of the same
-            # version, with python-prctl's C module copied next to the user's files.
-            import _prctl
+            # version (ocirun needs no compiled module of its dependencies to run).
             system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-            libs = home / "pylib"
-            libs.mkdir()
-            shutil.copy(_prctl.__file__, libs)
-            subprocess.run(["chown", "-R", f"{uid}:{gid}", str(libs)], check=True)
-            python, pythonpath = system, f"{libs}:{REPO}"
+            python, pythonpath = system, str(REPO)
             second = _can_import(python, pythonpath, uid, gid) if os.path.exists(
                 system) else f"{system} does not exist"
             if second:

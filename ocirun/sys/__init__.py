@@ -351,13 +351,26 @@ def set_child_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+_CAPABILITY_VERSION_3 = 0x20080522  # 64-bit sets, as two 32-bit words each
+
+
 def set_capabilities(effective: set[int], permitted: set[int], inheritable: set[int],
                      every: set[int]) -> None:
-    """capset(2) of all three sets at once, exactly these capabilities of `every`
-    (through python-prctl's C module, which does it in one call)."""
-    import _prctl
-    _prctl.set_caps(list(effective), list(permitted), list(inheritable),
-                    list(every - effective), list(every - permitted), list(every - inheritable))
+    """capset(2) of all three sets at once: exactly these capabilities of `every`; any
+    other (one this runtime does not know) keeps its current state, read by capget.
+    Through the FFI the init has loaded anyway: no extension module to import between
+    fork and execve."""
+    lib = libc()
+    header = (ffi.c_uint * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ffi.c_uint * 6)()  # [effective, permitted, inheritable] for bits 0-31, 32-63
+    _check(lib.capget(header, data), "capget")
+    for cap in every:
+        if not 0 <= cap < 64:
+            raise OSError(errno.EINVAL, f"capability {cap}: out of range")
+        word, bit = 3 * (cap >> 5), 1 << (cap & 31)
+        for i, wanted in enumerate((effective, permitted, inheritable)):
+            data[word + i] = data[word + i] | bit if cap in wanted else data[word + i] & ~bit
+    _check(lib.capset(header, data), "capset")
 
 
 def setgroups(gids: list[int]) -> None:
