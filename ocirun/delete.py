@@ -3,6 +3,7 @@ with --force also after a create that was killed or a record that is unusable.""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 TYPE_CHECKING = False
@@ -49,11 +50,17 @@ def _delete_unrecorded(cdir: st.ContainerDir, why: str) -> None:
         claimed = any(leaves & placement.leaves(other)
                       for other in st.cgroup_records(cdir.root, cdir.id))
         if not claimed and any(os.path.isdir(d) for d in leaves):
-            cgroup.kill_all(signal.SIGKILL)
-            cgroup.thaw()
-            deadline = time.monotonic() + 5
-            while cgroup.pids() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            try:
+                cgroup.kill_all(signal.SIGKILL)
+                cgroup.thaw()
+                deadline = time.monotonic() + 5
+                while cgroup.pids() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            except OciError as e:
+                # A create killed between its mkdirs: the leaves come before the fork,
+                # so a missing one means no process was ever placed in any of them.
+                if e.errno != errno.ENOENT:
+                    raise
             for leaf in leaves:
                 try:
                     os.rmdir(leaf)

@@ -126,6 +126,24 @@ def test_delete_force_with_a_damaged_state_file_removes_everything(
     _assert_all_gone(runtime, cid, pids)
 
 
+def test_delete_force_after_a_create_killed_between_its_mkdirs(runtime: Runtime) -> None:
+    """No record, and the leaf of one hierarchy (the one whose cgroup.procs lists the
+    processes) never made: what a create killed in the middle of its mkdirs leaves."""
+    cid = runtime.create(runtime.bundle())
+    init = json.loads((runtime.root / cid / "state.json").read_text())["pid"]
+    os.kill(init, signal.SIGKILL)
+    wait_for(lambda: not _alive(init), 5, "the init to die")
+    leaves = _cgroup_leftovers(runtime.cgroup_prefix)
+    primary = [d for d in leaves if d.startswith("/sys/fs/cgroup/pids/")] or \
+        [d for d in leaves if "/unified/" not in d] or leaves
+    wait_for(lambda: not _pids_in_cgroups(runtime), 5, "the cgroups to empty")
+    os.rmdir(primary[0])
+    (runtime.root / cid / "state.json").unlink()
+    r = runtime("delete", "--force", cid)
+    assert r.returncode == 0, r.stderr
+    _assert_all_gone(runtime, cid, {init})
+
+
 def test_plain_delete_of_a_damaged_state_file_is_a_one_line_error(runtime: Runtime) -> None:
     cid = runtime.create(runtime.bundle())
     (runtime.root / cid / "state.json").write_text("{not json")
