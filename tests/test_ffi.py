@@ -99,3 +99,13 @@ def test_set_capabilities_sets_exactly_the_known_ones() -> None:
     assert _caps_of(status, "CapEff") == (1 << 0) | (1 << 33) | keep
     assert _caps_of(status, "CapPrm") == (1 << 0) | (1 << 1) | (1 << 33) | keep
     assert _caps_of(status, "CapInh") == 1 << 1
+
+
+def test_set_capabilities_refuses_a_number_outside_the_64_bit_sets() -> None:
+    from ocirun import sys as ksys
+    for cap in (64, -1):
+        try:
+            ksys.set_capabilities(set(), set(), set(), {cap})
+            raise AssertionError(f"capability {cap} was accepted")
+        except OSError as e:
+            assert e.errno == errno.EINVAL

@@ -1,9 +1,9 @@
 """load(): install a prepared filter with seccomp(2), in the init right before execve.
 
 This runs between fork and execve in a process whose next syscalls may be denied by the
-very filter it installs, so it imports nothing (the FFI layer was imported earlier, by warm_up()
-or ocirun.sys.load(), before the container's namespaces were entered), makes exactly one
-syscall and touches no file.  libseccomp is not used: its
+very filter it installs, so it imports nothing (the FFI layer was imported earlier, by
+warm_up() or ocirun.sys.load(), before the container's namespaces were entered), makes
+exactly one syscall and touches no file.  libseccomp is not used: its
 seccomp_load() would also set no_new_privs behind our back; whether no_new_privs is set
 is the config's decision (process.noNewPrivileges), and without it the kernel accepts
 the filter from a caller with CAP_SYS_ADMIN.
@@ -19,8 +19,8 @@ from ocirun.sys import seccomp as ksys
 def warm_up() -> None:
     """Import the FFI layer (ocirun.sys.ffi) and pay its first-call costs now, in the
     process that will call load() (or one it will fork from), while the interpreter's
-    files are reachable: load() is then one syscall with no import.  Neither prepare() nor the runtime's
-    parent needs it for a cache hit, so it is not done there."""
+    files are reachable: load() is then one syscall with no import.  Neither prepare()
+    nor the runtime's parent needs it for a cache hit, so it is not done there."""
     ksys.warm_up()
 
 

@@ -300,8 +300,8 @@ def clone3(flags: int = 0, cgroup_fd: int = -1, set_tid: int = 0) -> int:
     threadgroup lock, where a write to cgroup.procs takes the write side and waits out
     an RCU grace period (~8 ms here).  Done as os.fork does it: the GIL held across
     the call (ffi.raw_syscall) and the interpreter's own before/after-fork steps around
-    it, so the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS before
-    5.3, E2BIG before 5.7, EINVAL/EBUSY/EPERM... on directories that cannot take it).
+    it, so the child is a normal single-threaded copy of us.  Raises OSError (ENOSYS
+    before 5.3, E2BIG before 5.7, EINVAL/EBUSY/EPERM... on directories that cannot take it).
     Returns 0 in the child.  Unlike glibc's fork the child's cached thread id stays the
     parent's: the child must not use pthread_kill/raise (ours exec or fork before they
     could).  `set_tid` asks for that pid (Linux 5.5+, CAP_SYS_ADMIN; the tests use it
@@ -312,8 +312,8 @@ def clone3(flags: int = 0, cgroup_fd: int = -1, set_tid: int = 0) -> int:
         flags |= CLONE_INTO_CGROUP
     tid = (ffi.c_int * 1)(set_tid)
     args = (ffi.c_uint64 * 11)(flags, 0, 0, 0, _signal.SIGCHLD, 0, 0, 0,
-                                  ffi.addressof(tid) if set_tid else 0, 1 if set_tid else 0,
-                                  max(cgroup_fd, 0))
+                               ffi.addressof(tid) if set_tid else 0, 1 if set_tid else 0,
+                               max(cgroup_fd, 0))
     nr = ffi.c_long(arch.number("clone3"))
     api = ffi.pythonapi
     api.PyOS_BeforeFork()
@@ -345,9 +345,7 @@ def set_dumpable(dumpable: bool) -> None:
 
 
 def set_child_subreaper() -> None:
-    """prctl(PR_SET_CHILD_SUBREAPER).  Through the FFI, which create's parent loads
-    anyway, rather than python-prctl's C module: one extension module fewer to load
-    (~0.3 ms) in the parent, which only the init needs (capabilities)."""
+    """prctl(PR_SET_CHILD_SUBREAPER), through the FFI that create's parent loads anyway."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 

@@ -23,33 +23,19 @@ __all__ = ["Array", "Structure", "addressof", "get_errno", "sizeof", "c_char", "
            "c_void_p", "buffer", "libc", "pythonapi", "raw_syscall"]
 
 
-# Scalar types: their `_type_` codes are struct's (and ctypes'), native size and order.
+def _scalar(name: str, code: str) -> type:
+    """A scalar C type: `code` is its struct (and ctypes) format, native size and order."""
+    return type(_SimpleCData)(name, (_SimpleCData,), {"_type_": code, "__module__": __name__})
+
+
 # Each costs ~30 us to make, so those only the seccomp and BPF structures use are made
 # on first use (module __getattr__ below).
-class c_char(_SimpleCData):
-    _type_ = "c"
-
-
-class c_int(_SimpleCData):
-    _type_ = "i"
-
-
-class c_uint(_SimpleCData):
-    _type_ = "I"
-
-
-class c_long(_SimpleCData):
-    _type_ = "l"
-
-
-class c_ulong(_SimpleCData):
-    _type_ = "L"
-
-
-class c_uint64(_SimpleCData):
-    _type_ = "Q"
-
-
+c_char = _scalar("c_char", "c")
+c_int = _scalar("c_int", "i")
+c_uint = _scalar("c_uint", "I")
+c_long = _scalar("c_long", "l")
+c_ulong = _scalar("c_ulong", "L")
+c_uint64 = _scalar("c_uint64", "Q")
 c_uint32 = c_uint  # "I" is 32 bits on every architecture CPython builds _ctypes for
 
 _LATER = {"c_uint8": "B", "c_uint16": "H", "c_void_p": "P"}
@@ -59,8 +45,7 @@ def __getattr__(name: str) -> type:
     code = _LATER.get(name)
     if code is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    cls = type(_SimpleCData)(name, (_SimpleCData,), {"_type_": code, "__module__": __name__})
-    globals()[name] = cls
+    cls = globals()[name] = _scalar(name, code)
     return cls
 
 
