@@ -85,6 +85,8 @@ def relay(master: int, pid: int, forwarded: tuple[int, ...]) -> int:
     import termios
     import tty
 
+    from ocirun.process import staying
+    staying()
     in_fd = 0
     saved = None
     if os.isatty(in_fd):

@@ -68,6 +68,8 @@ def events(root: str, container_id: str, stats_only: bool, interval: float,
     if stats_only:
         emit(stats_event(container_id, manager))
         return
+    from ocirun.process import staying
+    staying()
     ooms = manager.oom_kill_count()
     next_stats = time.monotonic()
     while True:

@@ -133,7 +133,17 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
               signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
 
+def staying() -> None:
+    """A command that stays for as long as its container (foreground run and exec,
+    events) wants the cyclic garbage collector back: the launcher starts with it off
+    (a command of a few milliseconds frees what it drops by reference counting)."""
+    import gc
+    gc.enable()
+
+
 def wait_forwarding_signals(pid: int) -> int:
+    staying()
+
     def forward(signum: int, _frame: Any) -> None:
         try:
             os.kill(pid, signum)

@@ -115,3 +115,23 @@ def test_signal_names_match_the_signal_module() -> None:
         assert signals.name(sig.value) == sig.name
     assert signals.number("SIGNOPE") is None
     assert signals.name(200) == "200"
+
+
+def test_commands_run_without_the_cyclic_gc_until_they_stay(tmp_path: Path) -> None:
+    """The launcher's boot code turns the collector off (a command frees by reference
+    counting; collections cost `run` ~1 ms); a command that stays with its container
+    (process.staying: foreground run/exec, events) turns it back on."""
+    import subprocess
+
+    from ocirun import launcher
+    boot = launcher._BOOT.format(paths=[str(REPO)])
+    boot = boot.replace("from ocirun.cli import main_and_exit\nmain_and_exit()\n", """
+import gc
+before = gc.isenabled()
+from ocirun import process
+process.staying()
+print(before, gc.isenabled())
+""")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", boot], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
