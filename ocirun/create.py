@@ -8,7 +8,7 @@ import os
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
     from ocirun.spec import Spec
     from ocirun.sync import Channel
@@ -121,12 +121,15 @@ def _check_passed_fds(count: int, what: str) -> None:
 
 def create(root: str, container_id: str, opts: CreateOptions,
            console_sock: Any = None,
-           config: tuple[Spec, bytes] | None = None) -> tuple[st.State, Spec]:
+           config: tuple[Spec, bytes] | None = None,
+           meanwhile: Callable[[], None] | None = None) -> tuple[st.State, Spec]:
     """Build the container up to the exec fifo; returns once state.json is written.
 
     `console_sock` is the init's end of a socket pair when the caller (foreground
     `run`) receives the pty master itself instead of an engine's --console-socket.
-    `config` is the bundle's config as `read_spec` returned it, if the caller has it."""
+    `config` is the bundle's config as `read_spec` returned it, if the caller has it.
+    `meanwhile` is called while the init builds its rootfs, when we would only wait
+    for it (`run` imports what it needs after create there)."""
     bundle = os.path.abspath(opts.bundle)
     n_listen = listen_fds()
     _check_passed_fds(n_listen, "LISTEN_FDS")
@@ -161,7 +164,7 @@ def create(root: str, container_id: str, opts: CreateOptions,
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         undo.push(os.close, fifo_fd)
         children = _Children(spec, state, cdir, cgroup, rootless, undo)
-        children.start(opts, seccomp, fifo_fd, n_listen, console_sock)
+        children.start(opts, seccomp, fifo_fd, n_listen, console_sock, meanwhile)
         state.status = "created"
         state.creating = False
         cdir.write(state)
@@ -213,9 +216,9 @@ class _Children:
             else (None, ()))
 
     def start(self, opts: CreateOptions, seccomp: Any, fifo_fd: int, n_listen: int,
-              console_sock: Any) -> None:
+              console_sock: Any, meanwhile: Callable[[], None] | None = None) -> None:
         from ocirun import sys as ksys
-        from ocirun.init import InitConfig, direct_flags, direct_init, stage1
+        from ocirun.init import InitConfig, direct_flags, direct_init, preload, stage1
         from ocirun.sync import Channel, Go
         spec, state = self.spec, self.state
         console_fd = None
@@ -230,6 +233,7 @@ class _Children:
                          no_pivot=opts.no_pivot, preserve_fds=opts.preserve_fds,
                          seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
                          session_keyring=None if opts.no_new_keyring else state.id)
+        preload(cfg)
         parent, child = Channel.pair()
         # A subreaper while the children run: when stage1 exits the init becomes our
         # child, so a death during create is reported with its signal; when we exit it
@@ -242,40 +246,62 @@ class _Children:
         child.close()
         if console_sock is not None:
             console_sock.close()  # the init has its copy
-        self._adopt(child_pid, born, direct)
-        # (A stage1 needs no record: without us it leaves on its own, and so does an
-        # init whose pid it could not report.)
+        later = self._adopt(child_pid, born, direct)
         parent.send(Go())
+        if direct:  # no stage1 to report the init's pid (init.direct_init)
+            # Recorded for a `delete --force` after a killed create (the cgroup is
+            # recorded already).  A stage1 needs no record: without us it leaves on
+            # its own, and so does an init whose pid it could not report.
+            state.pid = child_pid
+            state.pid_start = st.process_start_time(state.pid) or 0
+            self.cdir.write_progress(state)
+        if later:
+            # While the init builds its rootfs: done before we read its "hooks" or
+            # "ready" (drive_children), so before any hook and long before anything
+            # of the container's runs (runc writes them once the mounts are made too).
+            self.cgroup.apply_limits(spec.linux.resources)
+        if meanwhile is not None:
+            meanwhile()
         drive_children(parent, spec, state, child_pid, self.undo, self.cdir)
         parent.close()
         self._check_init()
 
-    def _adopt(self, child_pid: int, born: bool, direct: bool) -> None:
-        """Undo steps for the child, its record, and its cgroup before it may go on."""
+    def _adopt(self, child_pid: int, born: bool, direct: bool) -> bool:
+        """Undo steps for the child, and what of its cgroup must be done before it
+        may go on.  True when the limits other than the device rules are left to
+        write after "go" (cgroup.apply_limits), while the init builds its rootfs."""
         cgroup, state = self.cgroup, self.state
         if cgroup is not None:
             # Runs after the kills of stage1 and the init: whatever of ours is still
             # in the cgroup, before cgroup.destroy (which spares live processes).
             self.undo.push(_kill_own_processes, cgroup)
         self.undo.push(proc.kill_and_reap, child_pid)
-        if direct:  # no stage1 to report the init's pid (init.direct_init)
-            state.pid = child_pid
-            state.pid_start = st.process_start_time(state.pid) or 0
-            self.cdir.write_progress(state)
         if cgroup is None:
-            return
-        # The child imports meanwhile (init._first_steps); the limits are in place
-        # before the init (ours until "go") runs anything of the container's.
-        cgroup.apply(self.spec.linux.resources)
-        if self.born_in is None and not self.own_tasks:
-            _join_cgroup(cgroup, child_pid, self.spec, self.rootless)
-        elif self.born_in is not None and not born:
-            from ocirun.cgroups import fsutil
-            fsutil.write_pid(self.born_in, child_pid)
+            return False
+        resources = self.spec.linux.resources
         if self.own_tasks:
             log.debug(f"cgroup placement: {'the init' if direct else 'stage1'} writes 0 "
                       f"to tasks in {len(self.own_tasks)} v1 hierarchies itself")
+        if born or self.born_in is None and self.own_tasks:
+            # In every cgroup already (clone3, its own `tasks` writes).  The device
+            # rules come first: the init makes its device nodes meanwhile, and v1's
+            # rules pass through a deny-all moment.  A stage1 gets every limit before
+            # "go": it forks the init (pids.max).
+            cgroup.apply_devices(resources)
+            if direct:
+                return True
+            cgroup.apply_limits(resources)
+            return False
+        # We place the child (its "go" waits for that: its namespaces, the cgroup one
+        # above all, are made from its cgroups); the systemd driver places it by apply.
+        cgroup.apply(resources)
+        if self.born_in is None and not self.own_tasks:
+            _join_cgroup(cgroup, child_pid, self.spec, self.rootless)
+        elif self.born_in is not None:
+            from ocirun.cgroups import fsutil
+            fsutil.write_pid(self.born_in, child_pid)
         state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
+        return False
 
     def _check_init(self) -> None:
         """The init lives, and where the kernel placed it is the container's cgroup."""
@@ -466,7 +492,8 @@ def drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
                     os.close(fd)
         elif isinstance(msg, InitPid):
             _record_init(msg.pid, state, stage1_pid, undo, cdir)
-            phase = "while building the rootfs"
+            phase = "while building the rootfs" if spec.hooks.sync_after_mounts() else \
+                "while building the rootfs, pivot_root or the process setup"
         elif isinstance(msg, RunHooks):
             phase = "while the prestart/createRuntime hooks ran"
             answer(Go(state=_runtime_hooks(spec, state)))

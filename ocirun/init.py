@@ -87,10 +87,13 @@ def _first_steps(ch: Channel, cfg: InitConfig, new_userns: bool) -> None:
         # root) is out of reach of container processes; with a new user namespace
         # an unprivileged runtime must still write our id maps first.
         ksys.set_dumpable(False)
-    # Imports first: still the runtime's user and mounts (the library is reachable),
-    # and they overlap the parent's writing of the cgroup limits.
-    _preload(cfg)
-    ch.expect(Go)  # the parent has put us in the container's cgroup
+    # Imports (lookups: the runtime made them) while the runtime's user and mounts
+    # still reach the library.
+    preload(cfg)
+    # We are in the container's cgroups (placed by the parent unless born there and
+    # our own `tasks` writes did it); the limits may still be being written: the
+    # parent has them in place before it reads our next message.
+    ch.expect(Go)
 
 
 def direct_init(ch: Channel, cfg: InitConfig) -> NoReturn:
@@ -281,10 +284,12 @@ def init(ch: Channel, cfg: InitConfig) -> NoReturn:
     _wait_and_exec(cfg, hook_state)
 
 
-def _preload(cfg: InitConfig) -> None:
-    """Import everything the init will use.  It runs in stage1 before any namespace
-    is joined or made: in a user namespace the interpreter's library may be unreadable
-    to the mapped root (e.g. under /root), and after pivot_root it is out of reach."""
+def preload(cfg: InitConfig) -> None:
+    """Import everything the init will use.  The runtime calls it before the fork
+    (imports in a forked child pay a copy-on-write fault for most pages they touch:
+    twice the time); stage1 calls it again before any namespace is joined or made,
+    in case: in a user namespace the interpreter's library may be unreadable to the
+    mapped root (e.g. under /root), and after pivot_root it is out of reach."""
     from ocirun import caps, devices, rootfs  # noqa: F401
     ksys.load()
     if cfg.spec.hooks.create_container or cfg.spec.hooks.start_container:
@@ -302,7 +307,7 @@ def _preload(cfg: InitConfig) -> None:
 
 def _setup(ch: Channel, cfg: InitConfig) -> dict[str, Any]:
     """Everything up to "ready"; returns the state the parent gave for hooks."""
-    _preload(cfg)  # already done by stage1: these are lookups in sys.modules
+    preload(cfg)  # done before the fork: these are lookups in sys.modules
     spec = cfg.spec
     process = spec.process
     assert process is not None and spec.root is not None
@@ -322,9 +327,13 @@ def _setup(ch: Channel, cfg: InitConfig) -> dict[str, Any]:
         ksys.loopback_up()  # as runc: a new network namespace's lo starts down
     if spec.domainname is not None:
         ksys.setdomainname(spec.domainname)
-    ch.send(RunHooks())  # prestart + createRuntime run in the runtime's namespaces
-    msg, _ = ch.expect(Go)
-    hook_state = msg.state or {}
+    hook_state: dict[str, Any] = {}
+    if spec.hooks.sync_after_mounts():
+        # Without hooks nothing waits for us here (the runtime has the cgroup limits
+        # in place before it reads our "ready").
+        ch.send(RunHooks())
+        msg, _ = ch.expect(Go)
+        hook_state = msg.state or {}
     if spec.hooks.create_container:
         from ocirun.hooks import run_hooks
         run_hooks(spec.hooks.create_container, container_hook_state(hook_state, "creating"),

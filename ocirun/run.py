@@ -8,9 +8,15 @@ import os
 from ocirun import container
 from ocirun import process as proc
 from ocirun.create import CreateOptions, create
-from ocirun.delete import delete
 from ocirun.errors import OciError
-from ocirun.start import start
+
+
+def _import_the_rest() -> None:
+    """What `run` uses once the container is created, imported while create waits
+    for the init to build its rootfs (create's `meanwhile`), not before the fork."""
+    from ocirun import delete, start  # noqa: F401
+    from ocirun.cgroups import records  # noqa: F401 - delete's manager_from_state
+    from ocirun import fstree  # noqa: F401 - delete's cgroup and state dir removal
 
 
 def run(root: str, container_id: str, opts: CreateOptions, detach: bool,
@@ -37,7 +43,10 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool,
             ours, theirs = console.socket_pair()
     master = -1
     try:
-        state, spec = create(root, container_id, opts, console_sock=theirs, config=config)
+        state, spec = create(root, container_id, opts, console_sock=theirs, config=config,
+                             meanwhile=_import_the_rest)
+        from ocirun.delete import delete
+        from ocirun.start import start
         stored = container.known(spec)
         if ours is not None:
             from ocirun import console

@@ -145,6 +145,13 @@ class Hooks(Record):
     poststart: tuple[Hook, ...] = ()
     poststop: tuple[Hook, ...] = ()
 
+    def sync_after_mounts(self) -> bool:
+        """Whether the init stops for the runtime once its mounts are made: the
+        runtime runs prestart and createRuntime then, and sends the state that the
+        container's own hooks (createContainer, startContainer) are given."""
+        return bool(self.prestart or self.create_runtime or self.create_container or
+                    self.start_container)
+
 
 class Namespace(Record):
     type: str

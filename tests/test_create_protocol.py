@@ -127,3 +127,59 @@ def test_a_real_channel_passes_fds_and_types() -> None:
         os.close(r)
         os.close(w)
         b.close()
+
+
+class RecordingCgroup:
+    """The manager calls _Children makes, in order."""
+
+    self_placing = True
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.cgroups_path = "c"
+
+    def placement(self) -> tuple[str | None, tuple[str, ...]]:
+        return "/cg2/c", ("/cg1/pids/c/tasks",)
+
+    def apply(self, resources: Any) -> None:
+        self.calls.append("apply")
+
+    def apply_devices(self, resources: Any) -> None:
+        self.calls.append("apply_devices")
+
+    def apply_limits(self, resources: Any) -> None:
+        self.calls.append("apply_limits")
+
+    def add_process(self, pid: int) -> None:
+        self.calls.append("add_process")
+
+    def to_state(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("born,direct,before_go,after_go", [
+    # The init, born in its cgroup: device rules before "go" (it makes its device
+    # nodes next, and v1's rules pass a deny-all moment), the rest while it builds
+    # its rootfs.
+    (True, True, ["apply_devices"], True),
+    # A stage1 forks the init: every limit (pids.max) before "go".
+    (True, False, ["apply_devices", "apply_limits"], False),
+    # clone3 refused: we write its pid, after every limit, before "go".
+    (False, True, ["apply"], False),
+])
+def test_limits_before_and_after_go(born: bool, direct: bool, before_go: list[str],
+                                    after_go: bool, tmp_path: Any,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    spec = parse_spec(default_spec(), "/bundle")
+    state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs", creating=True)
+    cdir = st.ContainerDir(str(tmp_path), "c")
+    children = create._Children(spec, state, cdir, RecordingCgroup(calls), False,
+                                create.Undo())
+    written: list[str] = []
+    from ocirun.cgroups import fsutil
+    monkeypatch.setattr(fsutil, "write_pid", lambda directory, pid: written.append(directory))
+    later = children._adopt(12345, born, direct)
+    assert calls == before_go
+    assert later is after_go
+    assert written == ([] if born else ["/cg2/c"])

@@ -129,17 +129,24 @@ class BaseManager:
             raise
 
     def apply(self, resources: Resources | None) -> None:
-        """Write every limit in `resources` plus the device rules (with runc's defaults)."""
+        """Write the device rules (with runc's defaults) and every limit in `resources`."""
+        self.apply_devices(resources)
+        self.apply_limits(resources)
+
+    def apply_devices(self, resources: Resources | None) -> None:
         # Imported here: only create and update write limits (not kill, ps, delete...).
         from ocirun.cgroups import devices
-        from ocirun.cgroups.resources import plan
-        self._write(plan(resources, self.version_of))
         if self.version_of("devices") is not None:
             rules = resources.devices if resources is not None else ()
             self._apply_devices(devices.reduce_rules(devices.with_defaults(rules)))
         elif resources is not None and resources.devices and self.mode != "unified":
             raise OciError("cgroups: linux.resources.devices: the devices cgroup controller "
                            "is not available on this host")
+
+    def apply_limits(self, resources: Resources | None) -> None:
+        """apply() but the device rules."""
+        from ocirun.cgroups.resources import plan
+        self._write(plan(resources, self.version_of))
 
     def update(self, resources: Resources) -> None:
         """Change live limits: only the fields set in `resources`; devices stay as they are.
