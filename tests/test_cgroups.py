@@ -158,6 +158,24 @@ def test_destroy_waits_for_killed_processes_and_removes_every_dir(cgroups: Cgrou
     assert m.created == []
 
 
+def test_destroy_of_an_empty_cgroup_is_rmdir_alone(cgroups: Cgroups,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped container's cgroup goes without listing pids, thawing or walking (the
+    kernel's rmdir refuses a cgroup in use); a nested path's levels go too."""
+    m = cgroups.manager(cgroups.name("-empty") + "/leaf")
+    p = cgroups.spawn(m)
+    p.kill()
+    p.wait()
+
+    def not_needed(*_: object) -> None:
+        raise AssertionError("destroy of an empty cgroup listed, thawed or walked it")
+    for name in ("_live_users", "_all_pids", "thaw", "thaw_below", "is_frozen"):
+        monkeypatch.setattr(m, name, not_needed)
+    m.destroy()
+    assert not any(os.path.exists(os.path.dirname(d)) for d in m.paths.values())
+    assert m.created == [] and m.adopted == []
+
+
 def test_destroy_leaves_a_cgroup_with_live_processes_in_place(cgroups: Cgroups) -> None:
     m = cgroups.manager()
     p = cgroups.spawn(m)

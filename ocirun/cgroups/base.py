@@ -306,6 +306,8 @@ class BaseManager:
         manager (no state root at create) removes its other leaves with a plain
         rmdir if empty, never recursively.
         """
+        if self._removed_when_empty():
+            return
         deadline = time.monotonic() + DESTROY_TIMEOUT
         if self.created or self.adopted:
             try:
@@ -346,6 +348,38 @@ class BaseManager:
         self.adopted = [d for d in self.adopted if os.path.isdir(d)]
         if errors:
             raise OciError(errors[0])
+
+    def _removed_when_empty(self) -> bool:
+        """destroy() of the usual case, a stopped container alone in its cgroup, by
+        rmdir alone: the kernel refuses it while a process or a child cgroup is
+        inside, so no listing, thawing or walking is needed when every leaf is ours
+        and goes.  The primary leaf (the one that lists the container's processes)
+        first: once it is gone, no container has a process there.  False at the
+        first leaf that stays, for destroy() to go on from there."""
+        leaves = list(dict.fromkeys(self.paths.values()))
+        owned = set(self.created) | set(self.adopted)
+        if not owned.issuperset(leaves):
+            return False
+        primary = self.primary
+        for leaf in sorted(leaves, key=lambda d: d != primary):
+            try:
+                os.rmdir(leaf)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False
+        gone = set(leaves)
+        for directory in sorted(owned - gone, key=lambda d: d.count("/"), reverse=True):
+            try:
+                os.rmdir(directory)
+                gone.add(directory)
+            except FileNotFoundError:
+                gone.add(directory)
+            except OSError:
+                pass  # still holds someone else's cgroup: not ours to remove
+        self.created = [d for d in self.created if d not in gone]
+        self.adopted = [d for d in self.adopted if d not in gone]
+        return True
 
     def _live_users(self, deadline: float) -> list[int]:
         """Pids in the cgroup that are not on their way out; waits for dying ones.
