@@ -234,6 +234,7 @@ class _Children:
                          seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
                          session_keyring=None if opts.no_new_keyring else state.id)
         preload(cfg)
+        devices_set = self._devices_before_fork()
         parent, child = Channel.pair()
         # A subreaper while the children run: when stage1 exits the init becomes our
         # child, so a death during create is reported with its signal; when we exit it
@@ -246,7 +247,7 @@ class _Children:
         child.close()
         if console_sock is not None:
             console_sock.close()  # the init has its copy
-        later = self._adopt(child_pid, born, direct)
+        later = self._adopt(child_pid, born, direct, devices_set)
         parent.send(Go())
         if direct:  # no stage1 to report the init's pid (init.direct_init)
             # Recorded for a `delete --force` after a killed create (the cgroup is
@@ -266,10 +267,20 @@ class _Children:
         parent.close()
         self._check_init()
 
-    def _adopt(self, child_pid: int, born: bool, direct: bool) -> bool:
+    def _devices_before_fork(self) -> bool:
+        """The device rules of a cgroup the child will enter by itself (clone3, its
+        own `tasks` writes), written while the cgroup is empty: the init is born
+        under its final rules (it makes its device nodes soon after, and v1's rules
+        pass through a deny-all moment).  Whether they were written."""
+        if self.cgroup is None or self.born_in is None and not self.own_tasks:
+            return False
+        self.cgroup.apply_devices(self.spec.linux.resources)
+        return True
+
+    def _adopt(self, child_pid: int, born: bool, direct: bool, devices_set: bool) -> bool:
         """Undo steps for the child, and what of its cgroup must be done before it
-        may go on.  True when the limits other than the device rules are left to
-        write after "go" (cgroup.apply_limits), while the init builds its rootfs."""
+        may go on.  True when the limits (but the device rules) are left to write
+        after "go" (cgroup.apply_limits), while the init builds its rootfs."""
         cgroup, state = self.cgroup, self.state
         if cgroup is not None:
             # Runs after the kills of stage1 and the init: whatever of ours is still
@@ -283,18 +294,18 @@ class _Children:
             log.debug(f"cgroup placement: {'the init' if direct else 'stage1'} writes 0 "
                       f"to tasks in {len(self.own_tasks)} v1 hierarchies itself")
         if born or self.born_in is None and self.own_tasks:
-            # In every cgroup already (clone3, its own `tasks` writes).  The device
-            # rules come first: the init makes its device nodes meanwhile, and v1's
-            # rules pass through a deny-all moment.  A stage1 gets every limit before
-            # "go": it forks the init (pids.max).
-            cgroup.apply_devices(resources)
+            # In every cgroup already.  A stage1 gets every limit before "go": it
+            # forks the init (pids.max).
             if direct:
                 return True
             cgroup.apply_limits(resources)
             return False
         # We place the child (its "go" waits for that: its namespaces, the cgroup one
         # above all, are made from its cgroups); the systemd driver places it by apply.
-        cgroup.apply(resources)
+        if devices_set:  # clone3 was refused: the cgroup2 placement is ours
+            cgroup.apply_limits(resources)
+        else:
+            cgroup.apply(resources)
         if self.born_in is None and not self.own_tasks:
             _join_cgroup(cgroup, child_pid, self.spec, self.rootless)
         elif self.born_in is not None:

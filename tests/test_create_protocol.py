@@ -158,14 +158,14 @@ class RecordingCgroup:
 
 
 @pytest.mark.parametrize("born,direct,before_go,after_go", [
-    # The init, born in its cgroup: device rules before "go" (it makes its device
-    # nodes next, and v1's rules pass a deny-all moment), the rest while it builds
-    # its rootfs.
+    # The init, born in its cgroup: device rules before the fork (it makes its
+    # device nodes soon after, and v1's rules pass a deny-all moment), the rest while
+    # it builds its rootfs.
     (True, True, ["apply_devices"], True),
     # A stage1 forks the init: every limit (pids.max) before "go".
     (True, False, ["apply_devices", "apply_limits"], False),
     # clone3 refused: we write its pid, after every limit, before "go".
-    (False, True, ["apply"], False),
+    (False, True, ["apply_devices", "apply_limits"], False),
 ])
 def test_limits_before_and_after_go(born: bool, direct: bool, before_go: list[str],
                                     after_go: bool, tmp_path: Any,
@@ -179,7 +179,22 @@ def test_limits_before_and_after_go(born: bool, direct: bool, before_go: list[st
     written: list[str] = []
     from ocirun.cgroups import fsutil
     monkeypatch.setattr(fsutil, "write_pid", lambda directory, pid: written.append(directory))
-    later = children._adopt(12345, born, direct)
+    devices_set = children._devices_before_fork()
+    assert calls == ["apply_devices"] and devices_set  # before the fork
+    later = children._adopt(12345, born, direct, devices_set)
     assert calls == before_go
     assert later is after_go
     assert written == ([] if born else ["/cg2/c"])
+
+
+def test_a_cgroup_we_place_the_child_in_gets_every_limit_after_the_fork(
+        tmp_path: Any) -> None:
+    """No self-placement (rootless, the systemd driver): nothing before the fork."""
+    calls: list[str] = []
+    spec = parse_spec(default_spec(), "/bundle")
+    state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs", creating=True)
+    children = create._Children(spec, state, st.ContainerDir(str(tmp_path), "c"),
+                                RecordingCgroup(calls), True, create.Undo())
+    assert not children._devices_before_fork() and calls == []
+    assert children._adopt(12345, False, True, False) is False
+    assert calls == ["apply", "add_process"]
