@@ -503,8 +503,7 @@ def drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
                     os.close(fd)
         elif isinstance(msg, InitPid):
             _record_init(msg.pid, state, stage1_pid, undo, cdir)
-            phase = "while building the rootfs" if spec.hooks.sync_after_mounts() else \
-                "while building the rootfs, pivot_root or the process setup"
+            phase = _phase_after_pid(spec)
         elif isinstance(msg, RunHooks):
             phase = "while the prestart/createRuntime hooks ran"
             answer(Go(state=_runtime_hooks(spec, state)))
@@ -513,6 +512,14 @@ def drive_children(ch: Channel, spec: Spec, state: st.State, stage1_pid: int,
             forward_seccomp_listener(spec, state, fds)
         else:
             return
+
+
+def _phase_after_pid(spec: Spec) -> str:
+    """What the init does next, for the error if it dies: without hooks it sends no
+    message until "ready"."""
+    if spec.hooks.sync_after_mounts():
+        return "while building the rootfs"
+    return "while building the rootfs, pivot_root or the process setup"
 
 
 def _record_init(pid: int, state: st.State, stage1_pid: int, undo: Undo,

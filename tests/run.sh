@@ -8,8 +8,8 @@ set -eu
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=""
-for pkg in python3 python3-pip python3-dev gcc libcap-dev libseccomp2 busybox-static runc crun \
-           golang-github-containers-common qemu-system-x86 kmod apparmor; do
+for pkg in python3 python3-pip python3-dev python3-venv gcc libcap-dev libseccomp2 busybox-static \
+           runc crun golang-github-containers-common qemu-system-x86 kmod apparmor; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
