@@ -416,6 +416,8 @@ def _cmd_bundle(g: dict[str, Any], v: dict[str, Any], args: list[str]) -> int:
     o, args = parsed.values, parsed.args + tail
     if not command.min_args <= len(args) <= command.max_args:
         raise UsageError(f"usage: ocirun {command.usage}")
+    from ocirun.process import staying
+    staying()  # unpacking an image takes seconds: the collector is wanted back
     from ocirun.image import bundle
     if name == "ls":
         if o["format"] not in ("table", "json"):

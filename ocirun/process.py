@@ -134,9 +134,10 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 
 
 def staying() -> None:
-    """A command that stays for as long as its container (foreground run and exec,
-    events) wants the cyclic garbage collector back: the launcher starts with it off
-    (a command of a few milliseconds frees what it drops by reference counting)."""
+    """A command that stays (foreground run and exec, events, and `bundle`, which
+    unpacks images) wants the cyclic garbage collector back: the launcher starts with
+    it off (a command of a few milliseconds frees what it drops by reference
+    counting)."""
     import gc
     gc.enable()
 
