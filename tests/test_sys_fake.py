@@ -141,12 +141,15 @@ class _Channel:
         self.log.append("close")
 
 
+@pytest.mark.parametrize("hooks", [False, True])
 def test_the_init_sequence(kernel: FakeKernel, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+                           monkeypatch: pytest.MonkeyPatch, hooks: bool) -> None:
     """The init's steps between fork and the exec fifo, in order: the rootfs is built
     and entered before anything of the process is set up, sysctls go in before the
     read-only paths cover /proc/sys, and the credentials and capabilities come last,
-    after every step that needs the runtime's privileges."""
+    after every step that needs the runtime's privileges.  With hooks the init stops
+    for the runtime once its mounts are made (and gets the state for its own hooks);
+    without, it does not stop."""
     from ocirun import devices, init
     log: list[str] = []
 
@@ -170,12 +173,16 @@ def test_the_init_sequence(kernel: FakeKernel, tmp_path: Path,
     spec = _spec(tmp_path, hostname="box").replace()
     spec = spec.replace(linux=spec.linux.replace(sysctl={"net.ipv4.ip_forward": "1"}))
     spec = spec.replace(process=spec.process.replace(oom_score_adj=5))
+    if hooks:
+        from ocirun.spec import Hook
+        spec = spec.replace(hooks=spec.hooks.replace(create_runtime=(Hook(path="/bin/true"),)))
     cfg = init.InitConfig(spec=spec, bundle=str(tmp_path), exec_fifo_fd=-1,
                           session_keyring="c")
-    assert init._setup(_Channel(log), cfg) == {"pid": 1}
+    assert init._setup(_Channel(log), cfg) == ({"pid": 1} if hooks else {})
     kernel_steps = [c[0] for c in kernel.calls]
     assert kernel_steps == ["loopback_up"]
     assert log == ["setsid", "prepare_root", "open_root", "mount_all", "create_devices",
-                   "resolve_dir", "sethostname", "send hooks", "expect go", "pivot",
+                   "resolve_dir", "sethostname",
+                   *(["send hooks", "expect go"] if hooks else []), "pivot",
                    "_write", "finish", "_write_own_proc", "_join_session_keyring",
                    "prepare_process", "executable", "send ready", "close"]
