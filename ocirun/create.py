@@ -234,7 +234,7 @@ class _Children:
                          seccomp=seccomp, console_fd=console_fd, listen_fds=n_listen,
                          session_keyring=None if opts.no_new_keyring else state.id)
         preload(cfg)
-        devices_set = self._devices_before_fork()
+        self._devices_before_fork()
         parent, child = Channel.pair()
         # A subreaper while the children run: when stage1 exits the init becomes our
         # child, so a death during create is reported with its signal; when we exit it
@@ -247,7 +247,7 @@ class _Children:
         child.close()
         if console_sock is not None:
             console_sock.close()  # the init has its copy
-        later = self._adopt(child_pid, born, direct, devices_set)
+        later = self._adopt(child_pid, born, direct)
         parent.send(Go())
         if direct:  # no stage1 to report the init's pid (init.direct_init)
             # Recorded for a `delete --force` after a killed create (the cgroup is
@@ -267,17 +267,20 @@ class _Children:
         parent.close()
         self._check_init()
 
-    def _devices_before_fork(self) -> bool:
-        """The device rules of a cgroup the child will enter by itself (clone3, its
-        own `tasks` writes), written while the cgroup is empty: the init is born
-        under its final rules (it makes its device nodes soon after, and v1's rules
-        pass through a deny-all moment).  Whether they were written."""
-        if self.cgroup is None or self.born_in is None and not self.own_tasks:
-            return False
-        self.cgroup.apply_devices(self.spec.linux.resources)
-        return True
+    @property
+    def self_placed(self) -> bool:
+        """The child enters its cgroup by itself (clone3 into the cgroup2 one, its
+        own `tasks` writes in v1)."""
+        return self.born_in is not None or bool(self.own_tasks)
 
-    def _adopt(self, child_pid: int, born: bool, direct: bool, devices_set: bool) -> bool:
+    def _devices_before_fork(self) -> None:
+        """The device rules of a cgroup the child enters by itself, written while it
+        is empty: the init is born under its final rules (it makes its device nodes
+        soon after, and v1's rules pass through a deny-all moment)."""
+        if self.self_placed:
+            self.cgroup.apply_devices(self.spec.linux.resources)
+
+    def _adopt(self, child_pid: int, born: bool, direct: bool) -> bool:
         """Undo steps for the child, and what of its cgroup must be done before it
         may go on.  True when the limits (but the device rules) are left to write
         after "go" (cgroup.apply_limits), while the init builds its rootfs."""
@@ -302,15 +305,14 @@ class _Children:
             return False
         # We place the child (its "go" waits for that: its namespaces, the cgroup one
         # above all, are made from its cgroups); the systemd driver places it by apply.
-        if devices_set:  # clone3 was refused: the cgroup2 placement is ours
+        if self.self_placed:  # clone3 was refused: the cgroup2 placement is ours
+            from ocirun.cgroups import fsutil
+            assert self.born_in is not None
             cgroup.apply_limits(resources)
+            fsutil.write_pid(self.born_in, child_pid)
         else:
             cgroup.apply(resources)
-        if self.born_in is None and not self.own_tasks:
             _join_cgroup(cgroup, child_pid, self.spec, self.rootless)
-        elif self.born_in is not None:
-            from ocirun.cgroups import fsutil
-            fsutil.write_pid(self.born_in, child_pid)
         state.cgroup = cgroup.to_state()  # systemd: the unit exists only from here
         return False
 

@@ -287,9 +287,10 @@ def init(ch: Channel, cfg: InitConfig) -> NoReturn:
 def preload(cfg: InitConfig) -> None:
     """Import everything the init will use.  The runtime calls it before the fork
     (imports in a forked child pay a copy-on-write fault for most pages they touch:
-    twice the time); stage1 calls it again before any namespace is joined or made,
-    in case: in a user namespace the interpreter's library may be unreadable to the
-    mapped root (e.g. under /root), and after pivot_root it is out of reach."""
+    twice the time); the first child again before any namespace is joined or made
+    (lookups then), so that nothing is imported where the library is out of reach:
+    in a user namespace the mapped root may not read it (e.g. under /root), after
+    pivot_root it is gone."""
     from ocirun import caps, devices, rootfs  # noqa: F401
     ksys.load()
     if cfg.spec.hooks.create_container or cfg.spec.hooks.start_container:
@@ -307,7 +308,6 @@ def preload(cfg: InitConfig) -> None:
 
 def _setup(ch: Channel, cfg: InitConfig) -> dict[str, Any]:
     """Everything up to "ready"; returns the state the parent gave for hooks."""
-    preload(cfg)  # done before the fork: these are lookups in sys.modules
     spec = cfg.spec
     process = spec.process
     assert process is not None and spec.root is not None

@@ -179,9 +179,9 @@ def test_limits_before_and_after_go(born: bool, direct: bool, before_go: list[st
     written: list[str] = []
     from ocirun.cgroups import fsutil
     monkeypatch.setattr(fsutil, "write_pid", lambda directory, pid: written.append(directory))
-    devices_set = children._devices_before_fork()
-    assert calls == ["apply_devices"] and devices_set  # before the fork
-    later = children._adopt(12345, born, direct, devices_set)
+    children._devices_before_fork()
+    assert calls == ["apply_devices"]  # before the fork
+    later = children._adopt(12345, born, direct)
     assert calls == before_go
     assert later is after_go
     assert written == ([] if born else ["/cg2/c"])
@@ -195,6 +195,7 @@ def test_a_cgroup_we_place_the_child_in_gets_every_limit_after_the_fork(
     state = st.State(id="c", bundle="/bundle", rootfs="/bundle/rootfs", creating=True)
     children = create._Children(spec, state, st.ContainerDir(str(tmp_path), "c"),
                                 RecordingCgroup(calls), True, create.Undo())
-    assert not children._devices_before_fork() and calls == []
-    assert children._adopt(12345, False, True, False) is False
+    children._devices_before_fork()
+    assert calls == []
+    assert children._adopt(12345, False, True) is False
     assert calls == ["apply", "add_process"]

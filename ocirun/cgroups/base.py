@@ -304,81 +304,64 @@ class BaseManager:
         empty (another container may have its own leaf there).  A joined leaf (one
         that existed before any ocirun container made it) stays.  An unclassified
         manager (no state root at create) removes its other leaves with a plain
-        rmdir if empty, never recursively.
+        rmdir if empty, never recursively.  Leaves that are all ours and empty, the
+        usual end of a stopped container, go by rmdir alone (_rmdir_empty_leaves).
         """
-        if self._removed_when_empty():
-            return
-        deadline = time.monotonic() + DESTROY_TIMEOUT
-        if self.created or self.adopted:
-            try:
-                if self.is_frozen():
-                    self.thaw()  # frozen processes cannot exit
-                self.thaw_below()
-            except OciError:
-                pass
-        users = self._live_users(deadline)
-        if users:
-            from ocirun import log
-            log.debug(f"cgroups: {self.primary} is still used by pids "
-                      f"{', '.join(map(str, users[:10]))}: left for them to remove")
-            return
         leaves = set(self.paths.values())
         owned = list(dict.fromkeys(self.created + self.adopted))
         errors: list[str] = []
-        if not self.classified:
-            for directory in sorted(leaves - set(owned), key=len, reverse=True):
+        if not (leaves <= set(owned) and self._rmdir_empty_leaves()):
+            deadline = time.monotonic() + DESTROY_TIMEOUT
+            if owned:
                 try:
-                    os.rmdir(directory)  # now empty: the last one out removes it
-                except OSError:
+                    if self.is_frozen():
+                        self.thaw()  # frozen processes cannot exit
+                    self.thaw_below()
+                except OciError:
                     pass
-        for directory in sorted(owned, key=lambda d: d.count("/"), reverse=True):
-            try:
-                if directory in leaves:
-                    fsutil.rmdir_tree(directory, deadline)
-                else:
+            users = self._live_users(deadline)
+            if users:
+                from ocirun import log
+                log.debug(f"cgroups: {self.primary} is still used by pids "
+                          f"{', '.join(map(str, users[:10]))}: left for them to remove")
+                return
+            if not self.classified:
+                for directory in sorted(leaves - set(owned), key=len, reverse=True):
                     try:
-                        os.rmdir(directory)
-                    except FileNotFoundError:
-                        pass
+                        os.rmdir(directory)  # now empty: the last one out removes it
                     except OSError:
-                        pass  # still holds someone else's cgroup: not ours to remove
-            except OciError as e:
-                errors.append(e.message)
+                        pass
+            for leaf in leaves.intersection(owned):
+                try:
+                    fsutil.rmdir_tree(leaf, deadline)
+                except OciError as e:
+                    errors.append(e.message)
+        # The levels above the leaves (they are all below their leaves' parents).
+        above = [d for d in owned if d not in leaves]
+        for directory in sorted(above, key=lambda d: d.count("/"), reverse=True):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass  # gone, or it holds someone else's cgroup: not ours to remove
         self.created = [d for d in self.created if os.path.isdir(d)]
         self.adopted = [d for d in self.adopted if os.path.isdir(d)]
         if errors:
             raise OciError(errors[0])
 
-    def _removed_when_empty(self) -> bool:
-        """destroy() of the usual case, a stopped container alone in its cgroup, by
-        rmdir alone: the kernel refuses it while a process or a child cgroup is
-        inside, so no listing, thawing or walking is needed when every leaf is ours
-        and goes.  The primary leaf (the one that lists the container's processes)
-        first: once it is gone, no container has a process there.  False at the
-        first leaf that stays, for destroy() to go on from there."""
-        leaves = list(dict.fromkeys(self.paths.values()))
-        owned = set(self.created) | set(self.adopted)
-        if not owned.issuperset(leaves):
-            return False
+    def _rmdir_empty_leaves(self) -> bool:
+        """rmdir of every leaf, which the kernel refuses while a process or a child
+        cgroup is inside: no listing, thawing or walking for an empty cgroup.  The
+        primary leaf (the one that lists the container's processes) first: once it
+        is gone no container has a process there.  False at the first leaf that
+        stays, for destroy() to go on from there."""
         primary = self.primary
-        for leaf in sorted(leaves, key=lambda d: d != primary):
+        for leaf in sorted(set(self.paths.values()), key=lambda d: d != primary):
             try:
                 os.rmdir(leaf)
             except FileNotFoundError:
                 pass
             except OSError:
                 return False
-        gone = set(leaves)
-        for directory in sorted(owned - gone, key=lambda d: d.count("/"), reverse=True):
-            try:
-                os.rmdir(directory)
-                gone.add(directory)
-            except FileNotFoundError:
-                gone.add(directory)
-            except OSError:
-                pass  # still holds someone else's cgroup: not ours to remove
-        self.created = [d for d in self.created if d not in gone]
-        self.adopted = [d for d in self.adopted if d not in gone]
         return True
 
     def _live_users(self, deadline: float) -> list[int]:
