@@ -9,13 +9,17 @@ from ocirun.errors import OciError
 from ocirun.spec import CAPABILITIES, Capabilities, Process, Spec
 
 
+_last: list[int] = []  # the kernel's, read once per process (and inherited by a fork)
+
 
 def _last_cap() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return min(int(f.read()), len(CAPABILITIES) - 1)
-    except OSError:
-        return len(CAPABILITIES) - 1
+    if not _last:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _last.append(min(int(f.read()), len(CAPABILITIES) - 1))
+        except OSError:
+            _last.append(len(CAPABILITIES) - 1)
+    return _last[0]
 
 
 def _numbers(names: tuple[str, ...], last: int) -> set[int]:

@@ -278,10 +278,10 @@ def _join_namespaces(spec: Spec) -> None:
 # ---------------------------------------------------------------------------- init
 def init(ch: Channel, cfg: InitConfig) -> NoReturn:
     try:
-        hook_state = _setup(ch, cfg)
+        hook_state, target = _setup(ch, cfg)
     except BaseException as e:  # noqa: BLE001
         report_failure(ch, e)
-    _wait_and_exec(cfg, hook_state)
+    _wait_and_exec(cfg, hook_state, target)
 
 
 def preload(cfg: InitConfig) -> None:
@@ -306,8 +306,9 @@ def preload(cfg: InitConfig) -> None:
         from ocirun import lsm  # noqa: F401 - used by _set_exec_labels
 
 
-def _setup(ch: Channel, cfg: InitConfig) -> dict[str, Any]:
-    """Everything up to "ready"; returns the state the parent gave for hooks."""
+def _setup(ch: Channel, cfg: InitConfig) -> tuple[dict[str, Any], ExecTarget]:
+    """Everything up to "ready"; returns the state the parent gave for hooks, and what
+    to execve (resolved here, as runc does: a missing executable fails create)."""
     spec = cfg.spec
     process = spec.process
     assert process is not None and spec.root is not None
@@ -346,10 +347,10 @@ def _setup(ch: Channel, cfg: InitConfig) -> dict[str, Any]:
     if cfg.session_keyring is not None:
         _join_session_keyring(cfg.session_keyring)
     prepare_process(ch, process, cfg.seccomp, in_userns)
-    executable(process.args[0], process.env)  # fail at create, as runc does
+    target = exec_target(process, _listen_env(cfg))
     ch.send(Ready())
     ch.close()
-    return hook_state
+    return hook_state, target
 
 
 def _build_rootfs(cfg: InitConfig, in_userns: bool) -> tuple[Any, ...]:
@@ -421,12 +422,15 @@ def reset_signals() -> None:
     """Every signal at its default disposition and none blocked: an ignored signal
     stays ignored across execve, and neither CPython's choices (SIGPIPE, SIGXFSZ) nor
     the caller's (nohup's SIGHUP, a shell's SIGINT/SIGQUIT for background jobs) are
-    the container's.  runc passes some of the caller's through; the spec is silent."""
+    the container's.  runc passes some of the caller's through; the spec is silent.
+    CPython read every disposition at start-up and records each one it set since, so
+    only the signals it does not know at their default cost a system call."""
+    default = signal.SIG_DFL
     for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+        if sig in (signal.SIGKILL, signal.SIGSTOP) or signal.getsignal(sig) is default:
             continue
         try:
-            signal.signal(sig, signal.SIG_DFL)
+            signal.signal(sig, default)
         except (OSError, ValueError):
             pass  # the C library's own real-time signals
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -560,16 +564,29 @@ def _chdir_in_root(cwd: str) -> None:
         os.close(fd)
 
 
-def exec_process(process: Any, seccomp: Any, preserve_fds: int,
-                 ch: Channel | None = None, keep_fd: int = -1,
-                 extra_env: tuple[str, ...] = ()) -> NoReturn:
-    """The end of every container process: resolve args[0], load a late seccomp
-    filter (no_new_privs set), close every fd but stdio and the preserved ones, execve.
-    `ch` or `keep_fd` (close-on-exec) stays open so that a failure can still be
-    reported on it.  `extra_env` entries override the process's own."""
+class ExecTarget(Record):
+    path: str  # args[0] resolved
+    env: dict[str, str]
+
+
+def exec_target(process: Any, extra_env: tuple[str, ...] = ()) -> ExecTarget:
+    """args[0] resolved with the container's PATH, and the environment: the process's,
+    `extra_env` entries overriding its own, HOME from the container's /etc/passwd
+    where it has none (as runc)."""
     env = env_dict(process.env + extra_env)
     env.setdefault("HOME", _home(process.user.uid))
-    path = executable(process.args[0], process.env + extra_env)
+    return ExecTarget(executable(process.args[0], process.env + extra_env), env)
+
+
+def exec_process(process: Any, seccomp: Any, preserve_fds: int,
+                 ch: Channel | None = None, keep_fd: int = -1,
+                 target: ExecTarget | None = None) -> NoReturn:
+    """The end of every container process: resolve args[0] (unless `target` has it),
+    load a late seccomp filter (no_new_privs set), close every fd but stdio and the
+    preserved ones, execve.  `ch` or `keep_fd` (close-on-exec) stays open so that a
+    failure can still be reported on it."""
+    if target is None:
+        target = exec_target(process)
     reset_signals()
     if seccomp is not None and not _seccomp_early(process, seccomp):
         _load_seccomp(ch, seccomp)
@@ -583,7 +600,7 @@ def exec_process(process: Any, seccomp: Any, preserve_fds: int,
     if keep > first:
         ksys.close_range(first, keep - 1)
     ksys.close_range(max(first, keep + 1))
-    os.execve(path, list(process.args), env)
+    os.execve(target.path, list(process.args), target.env)
     raise AssertionError("execve returned")
 
 
@@ -632,7 +649,13 @@ def _home(uid: int) -> str:
     return "/"
 
 
-def _wait_and_exec(cfg: InitConfig, hook_state: dict[str, Any]) -> NoReturn:
+def _listen_env(cfg: InitConfig) -> tuple[str, ...]:
+    """Socket activation: the fds passed on are the init's (sd_listen_fds)."""
+    return (f"LISTEN_FDS={cfg.listen_fds}", "LISTEN_PID=1") if cfg.listen_fds else ()
+
+
+def _wait_and_exec(cfg: InitConfig, hook_state: dict[str, Any],
+                   target: ExecTarget) -> NoReturn:
     process = cfg.spec.process
     assert process is not None
     fifo = -1
@@ -663,11 +686,8 @@ def _wait_and_exec(cfg: InitConfig, hook_state: dict[str, Any]) -> NoReturn:
             run_hooks(cfg.spec.hooks.start_container,
                       container_hook_state(hook_state, "created"), "startContainer")
         _fifo_write(fifo, st.FIFO_EXECUTING)
-        extra_env: tuple[str, ...] = ()
-        if cfg.listen_fds:
-            extra_env = (f"LISTEN_FDS={cfg.listen_fds}", "LISTEN_PID=1")
         exec_process(process, cfg.seccomp, cfg.listen_fds + cfg.preserve_fds,
-                     keep_fd=fifo, extra_env=extra_env)
+                     keep_fd=fifo, target=target)
     except OciError as e:
         _die(e.message, e.exit_code, fifo)
     except OSError as e:

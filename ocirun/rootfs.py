@@ -377,7 +377,8 @@ def prepare_root(spec: Spec, bundle: str = "") -> None:
     # An unbindable / could not be bound onto itself: finish() applies it after pivot.
     propagation = mountopts.PROPAGATION["rslave" if "unbindable" in requested else requested]
     ksys.mount(None, "/", None, propagation)
-    _make_parent_mount_private(spec.root.path)
+    if propagation not in _NOTHING_SHARED_AFTER:
+        _make_parent_mount_private(spec.root.path)
     lower = spec.annotations.get(OVERLAY_LOWER)
     if lower is not None:
         mount_overlay_root(spec.root.path, lower, bundle)
@@ -423,6 +424,11 @@ def mount_overlay_root(root: str, lower: str, bundle: str) -> None:
             os.close(target)
     finally:
         os.close(fd)
+
+
+# A recursive slave or private / leaves no mount shared: nothing of pivot_root's to fix,
+# and no mountinfo to read (the host's may be long) on the way to the container's start.
+_NOTHING_SHARED_AFTER = (ksys.MS_SLAVE | ksys.MS_REC, ksys.MS_PRIVATE | ksys.MS_REC)
 
 
 def _make_parent_mount_private(path: str) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from conftest import Runtime
 
@@ -157,3 +160,30 @@ def test_rootfs_propagation_private(runtime: Runtime) -> None:
     text = _run(runtime, "cat /proc/self/mountinfo", edit=edit)
     root_line = [line for line in text.splitlines() if line.split()[4] == "/"][0]
     assert "shared:" in root_line.split(" - ")[0]
+
+
+@pytest.mark.parametrize("propagation", ["rslave", "slave", "private"])
+def test_rootfs_beneath_a_shared_mount(runtime: Runtime, tmp_path: Path,
+                                       propagation: str) -> None:
+    """pivot_root refuses a new root whose parent mount is shared.  The runtime runs in
+    a private mount namespace of the test's own, where the rootfs is bound beneath a
+    shared tmpfs: a recursive propagation leaves nothing shared, a non-recursive one
+    leaves the parent shared for the runtime to make private in the container's."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def edit(spec: dict) -> None:
+        spec["linux"]["rootfsPropagation"] = propagation
+        spec["root"]["path"] = str(shared / "rootfs")
+    bundle = runtime.bundle(["sh", "-c", "cat /proc/self/mountinfo"], edit=edit)
+    cmd = " ".join([*runtime.argv, "--root", str(runtime.root), "run", "--bundle",
+                    str(bundle), runtime.new_id()])
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs shared {shared} && mount --make-shared {shared} && "
+         f"mkdir {shared}/rootfs && mount --bind {runtime.rootfs} {shared}/rootfs && "
+         f"grep -q ' {shared} .*shared:' /proc/self/mountinfo && exec {cmd}"],
+        capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    root_line = [line for line in r.stdout.decode().splitlines() if line.split()[4] == "/"]
+    assert root_line and "shared:" not in root_line[0].split(" - ")[0]

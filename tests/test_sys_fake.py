@@ -97,6 +97,24 @@ def test_rootfs_mounts_resolved_inside_the_rootfs_in_config_order(
     assert all((Path(root) / d).is_dir() for d, _ in wanted)
 
 
+@pytest.mark.parametrize("propagation, scans", [
+    (None, False), ("rslave", False), ("rprivate", False), ("runbindable", False),
+    ("slave", True), ("private", True), ("shared", True), ("rshared", True)])
+def test_parent_mount_scan_only_where_a_mount_can_stay_shared(
+        kernel: FakeKernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        propagation: str | None, scans: bool) -> None:
+    """A recursive slave/private / leaves nothing shared for pivot_root to refuse: the
+    scan of mountinfo (and its private remount) is for the other propagations."""
+    scanned: list[str] = []
+    monkeypatch.setattr(rootfs, "_make_parent_mount_private", scanned.append)
+    linux = default_spec()["linux"]
+    if propagation is not None:
+        linux["rootfsPropagation"] = propagation
+    spec = _spec(tmp_path, linux=linux)
+    rootfs.prepare_root(spec)
+    assert scanned == ([spec.root.path] if scans else [])
+
+
 def test_a_symlinked_destination_cannot_leave_the_rootfs(kernel: FakeKernel,
                                                          tmp_path: Path) -> None:
     """/data -> an absolute host path is followed inside the rootfs (RESOLVE_IN_ROOT):
@@ -164,7 +182,7 @@ def test_the_init_sequence(kernel: FakeKernel, tmp_path: Path,
             (rootfs, "mount_all", ()), (rootfs, "resolve_dir", os.open("/", os.O_PATH)),
             (rootfs, "pivot", None), (rootfs, "finish", None),
             (devices, "create_devices", None), (init, "prepare_process", None),
-            (init, "executable", "/bin/sh"), (init, "_write", None),
+            (init, "exec_target", init.ExecTarget("/bin/sh", {})), (init, "_write", None),
             (init, "_write_own_proc", None), (init, "_join_session_keyring", None)]:
         monkeypatch.setattr(mod, name, step(name, result))
     monkeypatch.setattr(os, "setsid", step("setsid"))
@@ -178,11 +196,12 @@ def test_the_init_sequence(kernel: FakeKernel, tmp_path: Path,
         spec = spec.replace(hooks=spec.hooks.replace(create_runtime=(Hook(path="/bin/true"),)))
     cfg = init.InitConfig(spec=spec, bundle=str(tmp_path), exec_fifo_fd=-1,
                           session_keyring="c")
-    assert init._setup(_Channel(log), cfg) == ({"pid": 1} if hooks else {})
+    assert init._setup(_Channel(log), cfg) == ({"pid": 1} if hooks else {},
+                                               init.ExecTarget("/bin/sh", {}))
     kernel_steps = [c[0] for c in kernel.calls]
     assert kernel_steps == ["loopback_up"]
     assert log == ["setsid", "prepare_root", "open_root", "mount_all", "create_devices",
                    "resolve_dir", "sethostname",
                    *(["send hooks", "expect go"] if hooks else []), "pivot",
                    "_write", "finish", "_write_own_proc", "_join_session_keyring",
-                   "prepare_process", "executable", "send ready", "close"]
+                   "prepare_process", "exec_target", "send ready", "close"]
