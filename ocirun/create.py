@@ -122,14 +122,18 @@ def _check_passed_fds(count: int, what: str) -> None:
 def create(root: str, container_id: str, opts: CreateOptions,
            console_sock: Any = None,
            config: tuple[Spec, bytes] | None = None,
-           meanwhile: Callable[[], None] | None = None) -> tuple[st.State, Spec]:
+           meanwhile: Callable[[], None] | None = None,
+           release_early: bool = False) -> tuple[st.State, Spec, tuple[int, int] | None]:
     """Build the container up to the exec fifo; returns once state.json is written.
 
     `console_sock` is the init's end of a socket pair when the caller (foreground
     `run`) receives the pty master itself instead of an engine's --console-socket.
     `config` is the bundle's config as `read_spec` returned it, if the caller has it.
     `meanwhile` is called while the init builds its rootfs, when we would only wait
-    for it (`run` imports what it needs after create there)."""
+    for it (`run` imports what it needs after create there).
+    `release_early` (`run`, which starts the container at once): the exec fifo is
+    opened as soon as the init is ready and verified, so that it goes on to its
+    execve while state.json is written; the pidfd and fifo are returned for `start`."""
     bundle = os.path.abspath(opts.bundle)
     n_listen = listen_fds()
     _check_passed_fds(n_listen, "LISTEN_FDS")
@@ -165,17 +169,30 @@ def create(root: str, container_id: str, opts: CreateOptions,
         undo.push(os.close, fifo_fd)
         children = _Children(spec, state, cdir, cgroup, rootless, undo)
         children.start(opts, seccomp, fifo_fd, n_listen, console_sock, meanwhile)
-        state.status = "created"
-        state.creating = False
-        cdir.write(state)
-        if opts.pid_file:
-            proc.write_pid_file(opts.pid_file, state.pid)
+        released = _created(cdir, state, opts, release_early, undo)
         os.close(fifo_fd)
         cdir.unlock()
-        return state, spec
+        return state, spec, released
     except BaseException:
         undo.run()
         raise
+
+
+def _created(cdir: st.ContainerDir, state: st.State, opts: CreateOptions,
+             release_early: bool, undo: Undo) -> tuple[int, int] | None:
+    """The init is ready: its record says so (after create's release_early)."""
+    released = None
+    if release_early:
+        from ocirun.start import open_fifo
+        released = open_fifo(cdir, state)
+        for fd in released:
+            undo.push(os.close, fd)
+    state.status = "created"
+    state.creating = False
+    cdir.write(state)
+    if opts.pid_file:
+        proc.write_pid_file(opts.pid_file, state.pid)
+    return released
 
 
 def _checked_config(bundle: str, opts: CreateOptions, console_sock: Any,

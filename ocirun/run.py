@@ -43,8 +43,9 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool,
             ours, theirs = console.socket_pair()
     master = -1
     try:
-        state, spec = create(root, container_id, opts, console_sock=theirs, config=config,
-                             meanwhile=_import_the_rest)
+        state, spec, released = create(root, container_id, opts, console_sock=theirs,
+                                       config=config, meanwhile=_import_the_rest,
+                                       release_early=True)
         from ocirun.delete import delete
         from ocirun.start import start
         stored = container.known(spec)
@@ -60,7 +61,7 @@ def run(root: str, container_id: str, opts: CreateOptions, detach: bool,
             ours.close()
     try:
         try:
-            start(root, container_id, stored)
+            start(root, container_id, stored, released)
         except BaseException:
             delete(root, container_id, force=True, stored=stored)
             raise

@@ -17,15 +17,19 @@ from ocirun.errors import OciError
 
 
 def start(root: str, container_id: str,
-          stored: tuple[Hooks | None, bool] | None = None) -> None:
-    """`stored`: what container.stored would read back, from a caller that has the spec."""
+          stored: tuple[Hooks | None, bool] | None = None,
+          released: tuple[int, int] | None = None) -> None:
+    """`stored`: what container.stored would read back, from a caller that has the spec;
+    `released`: the init's pidfd and exec fifo as `open_fifo` opened them (create's
+    release_early), for the rest of start."""
     cdir = st.open_container(root, container_id)
     with cdir:
         state = st.load(cdir)
-        if state.status != "created":
+        # Released, the init may have exec'd and exited already (a zombie of ours).
+        if released is None and state.status != "created":
             raise OciError(f"cannot start a container that is not created "
                            f"(container {container_id} is {state.status})")
-        release_init(cdir, state)
+        release_init(cdir, state, released)
     hooks = (stored or container.stored(cdir) or (None, True))[0]
     if hooks is not None and hooks.poststart:
         from ocirun.hooks import run_hooks_warn
@@ -34,10 +38,8 @@ def start(root: str, container_id: str,
                        state.bundle)
 
 
-def release_init(cdir: st.ContainerDir, state: st.State) -> None:
-    """Open the exec fifo for reading and follow the init until its execve (see
-    state.FIFO_*): a dead init is an error, never a hang, and a failure between the
-    release and execve (startContainer hook, executable, seccomp) is reported."""
+def open_fifo(cdir: st.ContainerDir, state: st.State) -> tuple[int, int]:
+    """A pidfd of the init, then the exec fifo opened for reading, which releases it."""
     # The pidfd first: once the fifo is open the init may exec, exit and be reaped by
     # the engine's subreaper (conmon, the shim) before we could still open one.
     try:
@@ -48,10 +50,20 @@ def release_init(cdir: st.ContainerDir, state: st.State) -> None:
             raise
         raise OciError(f"container {state.id}: init process exited before start") from None
     try:
-        fifo = os.open(cdir.file(st.EXEC_FIFO), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return pidfd, os.open(cdir.file(st.EXEC_FIFO),
+                              os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except BaseException:
         os.close(pidfd)
         raise
+
+
+def release_init(cdir: st.ContainerDir, state: st.State,
+                 released: tuple[int, int] | None = None) -> None:
+    """Open the exec fifo for reading (unless `released` has it open) and follow the
+    init until its execve (see state.FIFO_*): a dead init is an error, never a hang,
+    and a failure between the release and execve (startContainer hook, executable,
+    seccomp) is reported."""
+    pidfd, fifo = released if released is not None else open_fifo(cdir, state)
     report = b""
     try:
         poller = select.poll()

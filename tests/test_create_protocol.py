@@ -199,3 +199,38 @@ def test_a_cgroup_we_place_the_child_in_gets_every_limit_after_the_fork(
     assert calls == []
     assert children._adopt(12345, False, True) is False
     assert calls == ["apply", "add_process"]
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_run_releases_the_init_before_writing_its_record(early: bool, tmp_path: Any,
+                                                         monkeypatch: Any) -> None:
+    """create's release_early (`run`): the exec fifo has its reader, the init is on its
+    way to execve, by the time state.json is written; a plain create leaves it
+    waiting for `start`."""
+    import subprocess
+    cdir = st.ContainerDir(str(tmp_path), "c")
+    cdir.make()
+    fifo = cdir.file(st.EXEC_FIFO)
+    os.mkfifo(fifo)
+    init = subprocess.Popen(["sleep", "30"])
+    seen: list[str] = []
+
+    def write(state: st.State) -> None:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO: no reader
+            seen.append("released")
+        except OSError:
+            seen.append("waiting")
+    monkeypatch.setattr(cdir, "write", write)
+    state = st.State(id="c", bundle="/b", rootfs="/b/rootfs", pid=init.pid, creating=True)
+    try:
+        released = create._created(cdir, state, create.CreateOptions(bundle="/b"), early,
+                                   create.Undo())
+        assert seen == ["released" if early else "waiting"]
+        assert state.status == "created" and not state.creating
+        assert (released is not None) is early
+        for fd in released or ():
+            os.close(fd)
+    finally:
+        init.kill()
+        init.wait()
