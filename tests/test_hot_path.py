@@ -135,3 +135,26 @@ print(before, gc.isenabled())
     out = subprocess.run([sys.executable, "-I", "-S", "-c", boot], capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_state_is_replaced_by_swapping_names(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final state.json swaps names with the old one (renameat2 RENAME_EXCHANGE),
+    which is then unlinked: readers see either record, nothing else is left beside it,
+    and without an old one to swap with it is a plain rename."""
+    import os
+    from ocirun import state as st
+    cdir = st.ContainerDir(str(tmp_path), "c")
+    cdir.make()
+    first = st.State(id="c", bundle="/b", rootfs="/b/rootfs", pid=1, creating=True)
+    cdir.write(first)  # nothing to swap with
+    inode = os.stat(cdir.file(st.STATE_FILE)).st_ino
+
+    def no_rename(*_args: object) -> None:
+        raise AssertionError("renamed over the old record")
+    monkeypatch.setattr(os, "rename", no_rename)
+    cdir.write(st.State(id="c", bundle="/b", rootfs="/b/rootfs", pid=2))
+    assert os.listdir(cdir.path) == [st.STATE_FILE]
+    assert os.stat(cdir.file(st.STATE_FILE)).st_ino != inode
+    second = cdir.read()
+    assert second is not None and second.pid == 2 and not second.creating
