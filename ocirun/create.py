@@ -180,7 +180,8 @@ def create(root: str, container_id: str, opts: CreateOptions,
 
 def _created(cdir: st.ContainerDir, state: st.State, opts: CreateOptions,
              release_early: bool, undo: Undo) -> tuple[int, int] | None:
-    """The init is ready: its record says so (after create's release_early)."""
+    """The init is ready and verified: released first with `release_early`, then
+    recorded as created."""
     released = None
     if release_early:
         from ocirun.start import open_fifo

@@ -565,6 +565,7 @@ def _chdir_in_root(cwd: str) -> None:
 
 
 class ExecTarget(Record):
+    """What a container process execs: exec_target's lookup, made before it waits."""
     path: str  # args[0] resolved
     env: dict[str, str]
 

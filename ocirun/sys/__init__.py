@@ -172,14 +172,15 @@ def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
         os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # kernels before 5.9
 
 
+AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 
 
 def rename_exchange(old: str, new: str) -> None:
     """renameat2(2) with RENAME_EXCHANGE: the two names swap files, atomically."""
     lib = libc()
-    _check(lib.renameat2(-100, _b(old), -100, _b(new), RENAME_EXCHANGE),  # AT_FDCWD
-           "renameat2", new)
+    _check(lib.syscall(arch.number("renameat2"), AT_FDCWD, _b(old), AT_FDCWD, _b(new),
+                       RENAME_EXCHANGE), "renameat2", new)
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
