@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -638,15 +639,31 @@ def executable(name: str, env: tuple[str, ...]) -> str:
     raise OciError(f'exec: "{name}": executable file not found in $PATH', 127)
 
 
+_PASSWD_MAX = 4 << 20  # bytes of the image's /etc/passwd looked at
+
+
 def _home(uid: int) -> str:
+    """The user's home in the container's /etc/passwd, else "/".  The file is the
+    image's: a fifo or device there (which would block or never end), bytes that are
+    not UTF-8 or a giant file must not keep the container from starting."""
     try:
-        with open("/etc/passwd") as f:
-            for line in f:
-                fields = line.split(":")
-                if len(fields) > 5 and fields[2] == str(uid):
-                    return fields[5]
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
-        pass
+        return "/"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "/"
+        data = os.read(fd, min(info.st_size, _PASSWD_MAX))
+    except OSError:
+        return "/"
+    finally:
+        os.close(fd)
+    wanted = str(uid).encode()
+    for line in data.split(b"\n"):
+        fields = line.split(b":")
+        if len(fields) > 5 and fields[2] == wanted:
+            return os.fsdecode(fields[5])
     return "/"
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from conftest import Runtime, proc_status
 from ocirun.spec import CAPABILITIES
 
@@ -178,3 +182,29 @@ def test_effective_capability_outside_permitted_is_named(runtime: Runtime) -> No
     assert r.returncode != 0
     assert b"process.capabilities.effective: CAP_CHOWN not in permitted" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("passwd, home", [
+    ("fifo", "/"),  # would block the init forever if read as a file
+    ("latin-1", "/home/j\udce9r\udcf4me"),  # not UTF-8: read as bytes
+    ("plain", "/home/app"),
+])
+def test_home_from_a_hostile_etc_passwd(runtime: Runtime, passwd: str, home: str) -> None:
+    """HOME comes from the image's /etc/passwd, which may be anything: the container
+    starts all the same, with HOME from it where it names the user, "/" otherwise."""
+    import subprocess
+    bundle = runtime.bundle(["sh", "-c", 'printf %s "$HOME" | od -An -c'], own_rootfs=True,
+                            edit=lambda s: s["process"]["user"].update(uid=1000, gid=1000))
+    target = bundle / "rootfs" / "etc" / "passwd"
+    target.unlink(missing_ok=True)
+    if passwd == "fifo":
+        os.mkfifo(target)
+    else:
+        name = b"j\xe9r\xf4me" if passwd == "latin-1" else b"app"
+        target.write_bytes(b"root:x:0:0:root:/root:/bin/sh\n"
+                           b"u:x:1000:1000::/home/" + name + b":/bin/sh\n")
+    r = runtime("run", "--bundle", str(bundle), runtime.new_id(), timeout=20)
+    assert r.returncode == 0, r.stderr
+    expected = subprocess.run(["od", "-An", "-c"], input=os.fsencode(home),
+                              capture_output=True).stdout
+    assert r.stdout == expected
