@@ -2,7 +2,8 @@
  *
  * Built by `python3 -m ocirun.launcher PATH`, which defines OCIRUN_PYTHON (the
  * interpreter), OCIRUN_LOWERDIR (overlayfs layers: its directory and a filler),
- * OCIRUN_EXE_NAME (its file name there) and OCIRUN_BOOT (the Python code to run).
+ * OCIRUN_EXE_NAME (its file name there), OCIRUN_BOOT (the Python code to run) and
+ * OCIRUN_BIND_NOW (the LD_BIND_NOW value the boot code recognises as ours).
  *
  * Why C: for create/run/exec the interpreter must be executed from a file that
  * cannot be written (see ocirun/exeseal.py, SECURITY.md), and only the program that
@@ -74,6 +75,13 @@ int main(int argc, char **argv)
 
 	if (!args)
 		return 127;
+	/* Every symbol of a shared libpython bound at load (pyenv's and other
+	 * --enable-shared builds; a static one has few to bind): bound lazily, each first
+	 * call of one of its own functions goes through the dynamic linker, ~1.4 ms of a
+	 * `run` there.  The boot code takes it out of the environment again, so that
+	 * nothing the runtime starts (hooks) inherits it; a caller's own value stays. */
+	if (!getenv("LD_BIND_NOW"))
+		setenv("LD_BIND_NOW", OCIRUN_BIND_NOW, 0);
 	args[n++] = OCIRUN_PYTHON;
 	args[n++] = "-IS";
 	args[n++] = "-c";

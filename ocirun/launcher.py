@@ -28,9 +28,13 @@ _MODULES = ("ocirun", "_prctl", "prctl", "pyseccomp", "jsonschema")
 # listing of site-packages (~240 entries here), which `state` never needs.
 # The cyclic garbage collector is off: a command lives milliseconds and frees what
 # it drops by reference counting; its collections cost `run` ~1 ms.  The commands
-# that stay with their container turn it back on (process.staying).
-_BOOT = """import gc, sys
+# that stay with their container turn it back on (process.staying).  LD_BIND_NOW
+# with launcher.c's value was for this interpreter's loading only (see there).
+BIND_NOW_MARK = "ocirun"
+_BOOT = """import gc, os, sys
 gc.disable()
+if os.environ.get("LD_BIND_NOW") == {mark!r}:
+    del os.environ["LD_BIND_NOW"]
 sys.path += {paths!r}
 sys.argv[0] = "ocirun"
 from ocirun.cli import main_and_exit
@@ -70,7 +74,8 @@ def compile_launcher(path: str, python: str, boot: str) -> bool:
         return False
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
     defines = {"OCIRUN_PYTHON": python, "OCIRUN_LOWERDIR": lower_dirs(python),
-               "OCIRUN_EXE_NAME": os.path.basename(python), "OCIRUN_BOOT": boot}
+               "OCIRUN_EXE_NAME": os.path.basename(python), "OCIRUN_BOOT": boot,
+               "OCIRUN_BIND_NOW": BIND_NOW_MARK}
     with tempfile.TemporaryDirectory() as tmp:
         header = os.path.join(tmp, "config.h")
         with open(header, "w") as f:
@@ -97,12 +102,12 @@ def compile_launcher(path: str, python: str, boot: str) -> bool:
 
 def write_launcher(path: str) -> None:
     python = os.path.realpath(sys.executable)
-    boot = _BOOT.format(paths=import_roots())
+    boot = _BOOT.format(paths=import_roots(), mark=BIND_NOW_MARK)
     if compile_launcher(path, python, boot):
         return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        f.write(_SCRIPT.format(python=python, paths=import_roots()))
+        f.write(_SCRIPT.format(python=python, paths=import_roots(), mark=BIND_NOW_MARK))
     os.chmod(tmp, 0o755)
     os.rename(tmp, path)
 

@@ -140,6 +140,14 @@ def _env() -> dict[str, str]:
 OCIRUN = [sys.executable, "-m", "ocirun"]
 
 
+def built_launcher(tmp_path: Path) -> list[str]:
+    """ocirun through its installed launcher, built from this checkout."""
+    path = tmp_path / "ocirun-launcher"
+    subprocess.run([sys.executable, "-m", "ocirun.launcher", str(path)], check=True,
+                   cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)})
+    return [str(path)]
+
+
 @pytest.fixture
 def runtime(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Runtime]:
     if os.geteuid() != 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Runtime, proc_status
+from conftest import Runtime, built_launcher, proc_status
 from ocirun.exeseal import exe_is_sealed
 from ocirun.spec import CAPABILITIES
 
@@ -127,14 +127,6 @@ def test_waiting_init_is_out_of_reach_of_container_processes(runtime: Runtime) -
 
 
 # -------------------------------------------------------------- /proc/<pid>/exe
-def _launcher(tmp_path: Path) -> list[str]:
-    """ocirun through its installed launcher, built from this checkout."""
-    path = tmp_path / "ocirun-launcher"
-    subprocess.run([sys.executable, "-m", "ocirun.launcher", str(path)], check=True,
-                   cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-    return [str(path)]
-
-
 @pytest.mark.parametrize("how", ["python-m", "launcher"])
 def test_runtime_interpreter_cannot_be_opened_for_writing_from_a_container(
         runtime: Runtime, tmp_path: Path, how: str) -> None:
@@ -143,7 +135,7 @@ def test_runtime_interpreter_cannot_be_opened_for_writing_from_a_container(
     must fail because the file cannot be written (EROFS), not merely because it is
     running right now (ETXTBSY: it could be written once it is not)."""
     if how == "launcher":
-        runtime.argv = _launcher(tmp_path)
+        runtime.argv = built_launcher(tmp_path)
     cid = runtime.create(runtime.bundle())
     pid = runtime.pid(cid)
     assert exe_is_sealed(f"/proc/{pid}/exe")
@@ -155,7 +147,7 @@ def test_runtime_interpreter_cannot_be_opened_for_writing_from_a_container(
 
 def test_launcher_seals_without_a_second_interpreter_start(runtime: Runtime,
                                                           tmp_path: Path) -> None:
-    runtime.argv = _launcher(tmp_path)
+    runtime.argv = built_launcher(tmp_path)
     cid = runtime.new_id()
     r = runtime("--debug", "create", "--bundle", str(runtime.bundle()), cid)
     assert r.returncode == 0, r.stderr
