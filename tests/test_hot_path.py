@@ -125,7 +125,7 @@ def test_commands_run_without_the_cyclic_gc_until_they_stay(tmp_path: Path) -> N
     import subprocess
 
     from ocirun import launcher
-    boot = launcher._BOOT.format(paths=[str(REPO)], mark=launcher.BIND_NOW_MARK)
+    boot = launcher.boot_code([str(REPO)])
     boot = boot.replace("from ocirun.cli import main_and_exit\nmain_and_exit()\n", """
 import gc
 before = gc.isenabled()
@@ -142,6 +142,29 @@ print(before, gc.isenabled(), young, len(gc.get_objects(0)), gc.get_freeze_count
     # generation for the first collection to walk.
     young_before, young_after, frozen = map(int, out[2:])
     assert young_before > 1000 and young_after < 100 and frozen >= young_before
+
+
+def test_the_boot_code_loads_the_package_from_where_it_was_installed() -> None:
+    """The launcher's boot code loads ocirun from the file recorded at install time:
+    the directory holding it (site-packages, ~240 entries) is never listed.  With the
+    file gone since, the plain import along sys.path still finds the package."""
+    import subprocess
+
+    from ocirun import launcher
+    probe = ("import sys, ocirun.cli\n"
+             "print(ocirun.__file__, %r in sys.path_importer_cache)\n" % str(REPO))
+    tail = "from ocirun.cli import main_and_exit\nmain_and_exit()\n"
+    boot = launcher.boot_code([str(REPO)])
+    assert boot.endswith(tail)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", boot.replace(tail, probe)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(REPO / "ocirun" / "__init__.py"), "False"]
+
+    moved = boot.replace(str(REPO / "ocirun" / "__init__.py"), "/nonexistent/ocirun/__init__.py")
+    assert moved != boot
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", moved.replace(tail, probe)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(REPO / "ocirun" / "__init__.py"), "True"]
 
 
 def test_state_is_replaced_by_swapping_names(tmp_path: Path,
