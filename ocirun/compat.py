@@ -76,11 +76,19 @@ class _PycLoader(SourceFileLoader):  # type: ignore[misc,valid-type]
 
     def get_code(self, fullname: str) -> Any:
         st = self.source_stat
+        # posix calls, not open(): a buffered file object costs five more system calls
+        # (fstat, isatty's ioctl, two lseeks, a second fstat) per module.
         try:
-            with open(self.cached, "rb") as f:
-                data = f.read()
+            fd = posix.open(self.cached, posix.O_RDONLY | posix.O_CLOEXEC)
         except OSError:
             data = b""
+        else:
+            try:
+                data = posix.read(fd, posix.fstat(fd).st_size)
+            except OSError:
+                data = b""
+            finally:
+                posix.close(fd)
         if (data[:4] == MAGIC_NUMBER and data[4:8] == b"\0\0\0\0"
                 and int.from_bytes(data[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
                 and int.from_bytes(data[12:16], "little") == st.st_size & 0xFFFFFFFF):
